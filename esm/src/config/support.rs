@@ -1,0 +1,128 @@
+//! Settings that are valid but not built yet. Each is rejected, rather than
+//! silently ignored, so a config never means something esm does not do.
+//! Delete a check here when its feature lands.
+
+use super::mapping::mapping_paths;
+use super::problems::{quote, Problem};
+use super::{Config, FunctionConfig, StoreConfig};
+
+/// Problems for every setting in `config` that esm does not support yet,
+/// as `PATH: not supported yet: KEY = VALUE (why)`.
+pub fn check_supported(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut unsupported = |path: String, key: &str, value: String, why: &str| {
+        problems.push(Problem::new(
+            path,
+            format!("not supported yet: {key} = {value} ({why})"),
+        ));
+    };
+
+    if let StoreConfig::DynamoDb { .. } = config.store {
+        unsupported(
+            "store.kind".to_string(),
+            "kind",
+            quote("dynamodb"),
+            "the DynamoDB lease store is not built yet; use kind = \"local\"",
+        );
+    }
+    if let Some(server) = &config.server {
+        unsupported(
+            "server".to_string(),
+            "[server] listen",
+            quote(&server.listen.to_string()),
+            "the metrics and health server is not built yet; remove [server]",
+        );
+    }
+
+    let names: Vec<Option<&str>> = config
+        .mappings
+        .iter()
+        .map(|m| Some(m.name.as_str()))
+        .collect();
+    for (m, path) in config.mappings.iter().zip(mapping_paths(&names)) {
+        let at = |key: &str| format!("{path}.{key}");
+        if m.event_source.consumer.is_some() {
+            unsupported(
+                at("event_source_arn"),
+                "event_source_arn",
+                quote(&m.event_source.arn),
+                "enhanced fan-out is not built yet; use the stream ARN",
+            );
+        }
+        if let FunctionConfig::Command { command, .. } = &m.function {
+            let shown: Vec<String> = command.iter().map(|c| quote(c)).collect();
+            unsupported(
+                at("function.command"),
+                "command",
+                format!("[{}]", shown.join(", ")),
+                "Runtime API worker processes are not built yet; use an in-process handler",
+            );
+        }
+        if m.parallelization_factor > 1 {
+            unsupported(
+                at("parallelization_factor"),
+                "parallelization_factor",
+                m.parallelization_factor.to_string(),
+                "each shard is read by one batch at a time for now",
+            );
+        }
+        if let Some(retries) = m.maximum_retry_attempts {
+            unsupported(
+                at("maximum_retry_attempts"),
+                "maximum_retry_attempts",
+                retries.to_string(),
+                "failed batches are retried until their records expire for now",
+            );
+        }
+        if let Some(age) = m.maximum_record_age {
+            unsupported(
+                at("maximum_record_age_in_seconds"),
+                "maximum_record_age_in_seconds",
+                age.as_secs().to_string(),
+                "records are invoked whatever their age for now",
+            );
+        }
+        if m.bisect_batch_on_function_error {
+            unsupported(
+                at("bisect_batch_on_function_error"),
+                "bisect_batch_on_function_error",
+                "true".to_string(),
+                "failed batches are retried whole for now",
+            );
+        }
+        if m.report_batch_item_failures {
+            unsupported(
+                at("function_response_types"),
+                "function_response_types",
+                format!("[{}]", quote("ReportBatchItemFailures")),
+                "partial batch responses are not read yet",
+            );
+        }
+        if !m.tumbling_window.is_zero() {
+            unsupported(
+                at("tumbling_window_in_seconds"),
+                "tumbling_window_in_seconds",
+                m.tumbling_window.as_secs().to_string(),
+                "tumbling windows are not built yet",
+            );
+        }
+        if !m.filter_criteria.is_empty() {
+            let shown: Vec<String> = m.filter_criteria.iter().map(|p| format!("'{p}'")).collect();
+            unsupported(
+                at("filter_criteria"),
+                "filter_criteria",
+                format!("[{}]", shown.join(", ")),
+                "event filtering is not built yet",
+            );
+        }
+        if let Some(destination) = &m.on_failure_destination {
+            unsupported(
+                at("destination_config.on_failure.destination"),
+                "destination",
+                quote(&destination.arn),
+                "on-failure destinations are not built yet",
+            );
+        }
+    }
+    problems
+}

@@ -1,0 +1,1197 @@
+//! Tests of reading and checking config files.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+
+/// One valid mapping, `orders`; tests append keys to it.
+const BASE: &str = r#"
+[[mapping]]
+name = "orders"
+event_source_arn = "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+function = "echo"
+starting_position = "TRIM_HORIZON"
+"#;
+
+/// `BASE` with `extra` appended inside the mapping.
+fn with(extra: &str) -> String {
+    format!("{BASE}{extra}\n")
+}
+
+/// `BASE` with `root` (top-level keys or tables) before it.
+fn with_root(root: &str) -> String {
+    format!("{root}\n{BASE}")
+}
+
+/// The validation pass alone: the config read and its problem lines.
+fn validation(text: &str) -> (Config, Vec<String>) {
+    match validate(text, Path::new("")) {
+        Ok((config, problems)) => (config, lines(&problems)),
+        Err(problem) => panic!("syntax error: {problem}"),
+    }
+}
+
+/// Just the validation problem lines.
+fn validation_problems(text: &str) -> Vec<String> {
+    validation(text).1
+}
+
+/// Every problem line `parse` reports (none when it succeeds).
+fn all_problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => Vec::new(),
+        Err(problems) => lines(&problems.0),
+    }
+}
+
+fn lines(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(ToString::to_string).collect()
+}
+
+/// A parsed config that must be valid.
+fn valid(text: &str) -> Config {
+    match parse(text) {
+        Ok(config) => config,
+        Err(problems) => panic!("unexpected problems:\n{problems}"),
+    }
+}
+
+/// Checks that each of `good` is accepted for `key` in the mapping, and each
+/// of `bad` gives exactly the message paired with it.
+fn check_mapping_range(key: &str, good: &[&str], bad: &[(&str, &str)]) {
+    for value in good {
+        let problems = validation_problems(&with(&format!("{key} = {value}")));
+        assert!(problems.is_empty(), "{key} = {value}: {problems:?}");
+    }
+    for (value, message) in bad {
+        let problems = validation_problems(&with(&format!("{key} = {value}")));
+        assert_eq!(
+            problems,
+            vec![format!("mapping[orders].{key}: {message}")],
+            "{key} = {value}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- valid files
+
+/// SPEC §2's example, without the `[server]` table (not supported yet).
+const SPEC_EXAMPLE: &str = r#"
+shutdown_timeout_seconds = 30
+
+[store]                    # checkpoints and leases
+kind = "local"             # default: an embedded, crash-safe file store
+path = "./esm-state"
+# kind = "dynamodb"; table = "esm-leases"   # several instances share a stream
+
+[[mapping]]
+name = "orders"                                   # unique; used in metrics, logs, status
+event_source_arn = "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+function = "orders-handler"                       # a handler registered in-process by this name, or:
+enabled = true
+starting_position = "TRIM_HORIZON"                # TRIM_HORIZON | LATEST | AT_TIMESTAMP
+batch_size = 100                                  # 1..=10000, default 100
+maximum_batching_window_in_seconds = 0            # 0..=300, default 0
+parallelization_factor = 1                        # 1..=10, default 1
+maximum_retry_attempts = -1                       # -1 (until the record expires) or 0..=10000
+maximum_record_age_in_seconds = -1                # -1 or 60..=604800
+bisect_batch_on_function_error = false
+function_response_types = []                      # ["ReportBatchItemFailures"]
+tumbling_window_in_seconds = 0                    # 0..=900; not with parallelization_factor > 1
+deaggregate = true                                # KPL aggregated records arrive as their user records
+"#;
+
+#[test]
+fn spec_example_parses_to_its_values() {
+    let config = valid(SPEC_EXAMPLE);
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(
+        config.store,
+        StoreConfig::Local {
+            path: PathBuf::from("./esm-state")
+        }
+    );
+    assert_eq!(config.server, None);
+    assert_eq!(config.mappings.len(), 1);
+    let m = &config.mappings[0];
+    assert_eq!(m.name, "orders");
+    assert_eq!(
+        m.event_source.arn,
+        "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+    );
+    assert_eq!(m.event_source.stream_name, "orders");
+    assert_eq!(m.event_source.consumer, None);
+    assert_eq!(
+        m.function,
+        FunctionConfig::InProcess {
+            name: "orders-handler".to_string(),
+            timeout: Duration::from_secs(3)
+        }
+    );
+    assert!(m.enabled);
+    assert_eq!(m.starting_position, StartingPosition::TrimHorizon);
+    assert_eq!(m.batch_size, 100);
+    assert_eq!(m.maximum_batching_window, Duration::ZERO);
+    assert_eq!(m.parallelization_factor, 1);
+    assert_eq!(m.maximum_retry_attempts, None);
+    assert_eq!(m.maximum_record_age, None);
+    assert!(!m.bisect_batch_on_function_error);
+    assert!(!m.report_batch_item_failures);
+    assert_eq!(m.tumbling_window, Duration::ZERO);
+    assert!(m.deaggregate);
+    assert!(m.filter_criteria.is_empty());
+    assert_eq!(m.on_failure_destination, None);
+    assert_eq!(m.get_records_calls_per_second, 5.0);
+    assert_eq!(m.shard_discovery_interval, Duration::from_secs(10));
+    assert_eq!(
+        config.summary(),
+        "valid: 1 mapping (orders); store local at ./esm-state"
+    );
+}
+
+#[test]
+fn minimal_fixture_gets_every_default() {
+    let config = valid(include_str!("../../tests/fixtures/valid.toml"));
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(
+        config.store,
+        StoreConfig::Local {
+            path: PathBuf::from("./esm-state")
+        }
+    );
+    assert_eq!(config.server, None);
+    let m = &config.mappings[0];
+    assert_eq!(m.name, "orders");
+    assert_eq!(
+        m.event_source.stream_arn(),
+        "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+    );
+    assert_eq!(
+        m.function,
+        FunctionConfig::InProcess {
+            name: "echo".to_string(),
+            timeout: Duration::from_secs(3)
+        }
+    );
+    assert!(m.enabled);
+    assert_eq!(m.starting_position, StartingPosition::TrimHorizon);
+    assert_eq!(m.batch_size, 100);
+    assert_eq!(m.maximum_batching_window, Duration::ZERO);
+    assert_eq!(m.parallelization_factor, 1);
+    assert_eq!(m.maximum_retry_attempts, None);
+    assert_eq!(m.maximum_record_age, None);
+    assert!(!m.bisect_batch_on_function_error);
+    assert!(!m.report_batch_item_failures);
+    assert_eq!(m.tumbling_window, Duration::ZERO);
+    assert!(m.deaggregate);
+    assert!(m.filter_criteria.is_empty());
+    assert_eq!(m.on_failure_destination, None);
+    assert_eq!(m.get_records_calls_per_second, 5.0);
+    assert_eq!(m.shard_discovery_interval, Duration::from_secs(10));
+}
+
+/// Every setting, including those not supported yet.
+const EVERYTHING: &str = r#"
+shutdown_timeout_seconds = 5
+
+[store]
+kind = "dynamodb"
+table = "esm-leases"
+
+[server]
+listen = "0.0.0.0:9100"
+
+[[mapping]]
+name = "orders"
+event_source_arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000"
+enabled = false
+starting_position = "AT_TIMESTAMP"
+starting_position_timestamp = "2026-11-22T01:00:00+01:00"
+batch_size = 500
+maximum_batching_window_in_seconds = 2
+parallelization_factor = 4
+maximum_retry_attempts = 3
+maximum_record_age_in_seconds = 3600
+bisect_batch_on_function_error = true
+function_response_types = ["ReportBatchItemFailures"]
+deaggregate = false
+filter_criteria = [ '{"data": {"type": ["order"]}}' ]
+get_records_calls_per_second = 2.5
+shard_discovery_interval_seconds = 60
+
+[mapping.function]
+command = ["./orders-handler", "--fast"]
+concurrency = 4
+timeout_seconds = 60
+
+[mapping.destination_config.on_failure]
+destination = "arn:aws:sqs:eu-west-1:123456789012:orders-failures"
+
+[[mapping]]
+name = "payments"
+event_source_arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/payments"
+function = { name = "payments-handler", timeout_seconds = 900 }
+starting_position = "LATEST"
+tumbling_window_in_seconds = 900
+"#;
+
+#[test]
+fn every_setting_is_read() {
+    let (config, problems) = validation(EVERYTHING);
+    assert_eq!(problems, Vec::<String>::new());
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(
+        config.store,
+        StoreConfig::DynamoDb {
+            table: "esm-leases".to_string()
+        }
+    );
+    assert_eq!(
+        config.server,
+        Some(ServerConfig {
+            listen: "0.0.0.0:9100".parse().unwrap()
+        })
+    );
+    let m = &config.mappings[0];
+    assert_eq!(m.event_source.stream_name, "orders");
+    assert_eq!(
+        m.event_source.consumer.as_deref(),
+        Some("arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000")
+    );
+    assert_eq!(
+        m.event_source.stream_arn(),
+        "arn:aws:kinesis:eu-west-1:123456789012:stream/orders"
+    );
+    assert_eq!(
+        m.function,
+        FunctionConfig::Command {
+            command: vec!["./orders-handler".to_string(), "--fast".to_string()],
+            concurrency: 4,
+            timeout: Duration::from_secs(60)
+        }
+    );
+    assert!(!m.enabled);
+    assert_eq!(
+        m.starting_position,
+        StartingPosition::AtTimestamp(Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap())
+    );
+    assert_eq!(m.batch_size, 500);
+    assert_eq!(m.maximum_batching_window, Duration::from_secs(2));
+    assert_eq!(m.parallelization_factor, 4);
+    assert_eq!(m.maximum_retry_attempts, Some(3));
+    assert_eq!(m.maximum_record_age, Some(Duration::from_secs(3600)));
+    assert!(m.bisect_batch_on_function_error);
+    assert!(m.report_batch_item_failures);
+    assert!(!m.deaggregate);
+    assert_eq!(
+        m.filter_criteria,
+        vec![serde_json::json!({"data": {"type": ["order"]}})]
+    );
+    assert_eq!(
+        m.on_failure_destination,
+        Some(DestinationArn {
+            arn: "arn:aws:sqs:eu-west-1:123456789012:orders-failures".to_string(),
+            kind: DestinationKind::Sqs
+        })
+    );
+    assert_eq!(m.get_records_calls_per_second, 2.5);
+    assert_eq!(m.shard_discovery_interval, Duration::from_secs(60));
+    let p = &config.mappings[1];
+    assert_eq!(
+        p.function,
+        FunctionConfig::InProcess {
+            name: "payments-handler".to_string(),
+            timeout: Duration::from_secs(900)
+        }
+    );
+    assert_eq!(p.starting_position, StartingPosition::Latest);
+    assert_eq!(p.tumbling_window, Duration::from_secs(900));
+    assert_eq!(
+        config.summary(),
+        "valid: 2 mappings (orders disabled, payments); store dynamodb table esm-leases; \
+         server on 0.0.0.0:9100"
+    );
+}
+
+#[test]
+fn unsupported_settings_are_each_one_problem() {
+    assert_eq!(
+        all_problems(EVERYTHING),
+        vec![
+            "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
+            "server: not supported yet: [server] listen = \"0.0.0.0:9100\" (the metrics and health server is not built yet; remove [server])",
+            "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
+            "mapping[orders].function.command: not supported yet: command = [\"./orders-handler\", \"--fast\"] (Runtime API worker processes are not built yet; use an in-process handler)",
+            "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 4 (each shard is read by one batch at a time for now)",
+            "mapping[orders].maximum_retry_attempts: not supported yet: maximum_retry_attempts = 3 (failed batches are retried until their records expire for now)",
+            "mapping[orders].maximum_record_age_in_seconds: not supported yet: maximum_record_age_in_seconds = 3600 (records are invoked whatever their age for now)",
+            "mapping[orders].bisect_batch_on_function_error: not supported yet: bisect_batch_on_function_error = true (failed batches are retried whole for now)",
+            "mapping[orders].function_response_types: not supported yet: function_response_types = [\"ReportBatchItemFailures\"] (partial batch responses are not read yet)",
+            "mapping[orders].filter_criteria: not supported yet: filter_criteria = ['{\"data\":{\"type\":[\"order\"]}}'] (event filtering is not built yet)",
+            "mapping[orders].destination_config.on_failure.destination: not supported yet: destination = \"arn:aws:sqs:eu-west-1:123456789012:orders-failures\" (on-failure destinations are not built yet)",
+            "mapping[payments].tumbling_window_in_seconds: not supported yet: tumbling_window_in_seconds = 900 (tumbling windows are not built yet)",
+        ]
+    );
+}
+
+#[test]
+fn supported_non_default_settings_pass() {
+    let config = valid(&with(
+        "enabled = false\nbatch_size = 10000\nmaximum_batching_window_in_seconds = 300\n\
+         deaggregate = false\nget_records_calls_per_second = 1\nshard_discovery_interval_seconds = 1\n\
+         [mapping.function]\nname = \"echo\"\ntimeout_seconds = 30",
+    )
+    .replace("function = \"echo\"\n", ""));
+    let m = &config.mappings[0];
+    assert!(!m.enabled);
+    assert_eq!(m.batch_size, 10000);
+    assert_eq!(m.get_records_calls_per_second, 1.0);
+    assert_eq!(
+        m.function,
+        FunctionConfig::InProcess {
+            name: "echo".to_string(),
+            timeout: Duration::from_secs(30)
+        }
+    );
+}
+
+#[test]
+fn empty_destination_config_and_default_values_are_supported() {
+    let config = valid(&with(
+        "parallelization_factor = 1\nmaximum_retry_attempts = -1\nfilter_criteria = []\n\
+         destination_config = {}",
+    ));
+    assert_eq!(config.mappings[0].on_failure_destination, None);
+}
+
+#[test]
+fn load_resolves_store_path_against_the_config_directory() {
+    let dir = std::env::temp_dir().join(format!("esm-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("esm.toml");
+    std::fs::write(&file, with_root("[store]\npath = \"./state/here\"")).unwrap();
+    let config = load(&file).unwrap();
+    assert_eq!(
+        config.store,
+        StoreConfig::Local {
+            path: dir.join("state/here")
+        }
+    );
+    std::fs::write(&file, with_root("[store]\npath = \"/var/lib/esm\"")).unwrap();
+    assert_eq!(
+        load(&file).unwrap().store,
+        StoreConfig::Local {
+            path: PathBuf::from("/var/lib/esm")
+        }
+    );
+    std::fs::write(&file, BASE).unwrap();
+    assert_eq!(
+        load(&file).unwrap().store,
+        StoreConfig::Local {
+            path: dir.join("esm-state")
+        }
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unreadable_file_is_one_problem_at_config() {
+    let err = load(Path::new("/nonexistent/esm.toml")).unwrap_err();
+    assert_eq!(err.0.len(), 1);
+    assert_eq!(err.0[0].path, "config");
+    assert!(
+        err.0[0]
+            .message
+            .starts_with("cannot read /nonexistent/esm.toml: "),
+        "{}",
+        err.0[0].message
+    );
+}
+
+// ------------------------------------------------------------- range bounds
+
+#[test]
+fn shutdown_timeout_bounds() {
+    for good in ["0", "3600"] {
+        let (config, problems) =
+            validation(&with_root(&format!("shutdown_timeout_seconds = {good}")));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.shutdown_timeout.as_secs().to_string(), good);
+    }
+    for bad in ["-1", "3601"] {
+        assert_eq!(
+            validation_problems(&with_root(&format!("shutdown_timeout_seconds = {bad}"))),
+            vec![format!(
+                "shutdown_timeout_seconds: {bad} is out of range 0..=3600"
+            )]
+        );
+    }
+}
+
+#[test]
+fn batch_size_bounds() {
+    check_mapping_range(
+        "batch_size",
+        &["1", "10000"],
+        &[
+            ("0", "0 is out of range 1..=10000"),
+            ("10001", "10001 is out of range 1..=10000"),
+            ("20000", "20000 is out of range 1..=10000"),
+        ],
+    );
+}
+
+#[test]
+fn batching_window_bounds() {
+    check_mapping_range(
+        "maximum_batching_window_in_seconds",
+        &["0", "300"],
+        &[
+            ("-1", "-1 is out of range 0..=300"),
+            ("301", "301 is out of range 0..=300"),
+        ],
+    );
+}
+
+#[test]
+fn parallelization_factor_bounds() {
+    check_mapping_range(
+        "parallelization_factor",
+        &["1", "10"],
+        &[
+            ("0", "0 is out of range 1..=10"),
+            ("11", "11 is out of range 1..=10"),
+        ],
+    );
+}
+
+#[test]
+fn retry_attempts_bounds() {
+    check_mapping_range(
+        "maximum_retry_attempts",
+        &["-1", "0", "10000"],
+        &[
+            ("-2", "-2 is out of range (-1 or 0..=10000)"),
+            ("10001", "10001 is out of range (-1 or 0..=10000)"),
+        ],
+    );
+    let (config, _) = validation(&with("maximum_retry_attempts = 0"));
+    assert_eq!(config.mappings[0].maximum_retry_attempts, Some(0));
+}
+
+#[test]
+fn record_age_bounds() {
+    check_mapping_range(
+        "maximum_record_age_in_seconds",
+        &["-1", "60", "604800"],
+        &[
+            ("-2", "-2 is out of range (-1 or 60..=604800)"),
+            ("0", "0 is out of range (-1 or 60..=604800)"),
+            ("59", "59 is out of range (-1 or 60..=604800)"),
+            ("604801", "604801 is out of range (-1 or 60..=604800)"),
+        ],
+    );
+    let (config, _) = validation(&with("maximum_record_age_in_seconds = 60"));
+    assert_eq!(
+        config.mappings[0].maximum_record_age,
+        Some(Duration::from_secs(60))
+    );
+}
+
+#[test]
+fn tumbling_window_bounds() {
+    check_mapping_range(
+        "tumbling_window_in_seconds",
+        &["0", "900"],
+        &[
+            ("-1", "-1 is out of range 0..=900"),
+            ("901", "901 is out of range 0..=900"),
+        ],
+    );
+}
+
+#[test]
+fn get_records_rate_bounds() {
+    check_mapping_range(
+        "get_records_calls_per_second",
+        &["0.001", "1", "5", "5.0"],
+        &[
+            ("0", "0 is out of range (above 0, at most 5)"),
+            ("0.0", "0 is out of range (above 0, at most 5)"),
+            ("-1.5", "-1.5 is out of range (above 0, at most 5)"),
+            ("5.01", "5.01 is out of range (above 0, at most 5)"),
+            ("6", "6 is out of range (above 0, at most 5)"),
+            ("nan", "NaN is out of range (above 0, at most 5)"),
+        ],
+    );
+}
+
+#[test]
+fn shard_discovery_interval_bounds() {
+    check_mapping_range(
+        "shard_discovery_interval_seconds",
+        &["1", "3600"],
+        &[
+            ("0", "0 is out of range 1..=3600"),
+            ("3601", "3601 is out of range 1..=3600"),
+        ],
+    );
+}
+
+/// `BASE` with its `function` replaced by a `[mapping.function]` table of `body`.
+fn with_function_table(body: &str) -> String {
+    format!(
+        "{}[mapping.function]\n{body}\n",
+        BASE.replace("function = \"echo\"\n", "")
+    )
+}
+
+#[test]
+fn function_timeout_bounds() {
+    for good in ["1", "900"] {
+        let (config, problems) = validation(&with_function_table(&format!(
+            "name = \"echo\"\ntimeout_seconds = {good}"
+        )));
+        assert!(problems.is_empty(), "{problems:?}");
+        let FunctionConfig::InProcess { timeout, .. } = &config.mappings[0].function else {
+            panic!("not in-process");
+        };
+        assert_eq!(timeout.as_secs().to_string(), good);
+    }
+    for bad in ["0", "901"] {
+        assert_eq!(
+            validation_problems(&with_function_table(&format!(
+                "name = \"echo\"\ntimeout_seconds = {bad}"
+            ))),
+            vec![format!(
+                "mapping[orders].function.timeout_seconds: {bad} is out of range 1..=900"
+            )]
+        );
+    }
+}
+
+#[test]
+fn function_concurrency_bounds() {
+    for good in ["1", "1000"] {
+        let (config, problems) = validation(&with_function_table(&format!(
+            "command = [\"./h\"]\nconcurrency = {good}"
+        )));
+        assert!(problems.is_empty(), "{problems:?}");
+        let FunctionConfig::Command { concurrency, .. } = &config.mappings[0].function else {
+            panic!("not a command");
+        };
+        assert_eq!(concurrency.to_string(), good);
+    }
+    for bad in ["0", "1001"] {
+        assert_eq!(
+            validation_problems(&with_function_table(&format!(
+                "command = [\"./h\"]\nconcurrency = {bad}"
+            ))),
+            vec![format!(
+                "mapping[orders].function.concurrency: {bad} is out of range 1..=1000"
+            )]
+        );
+    }
+}
+
+#[test]
+fn filter_criteria_count_bounds() {
+    let pattern = "'{\"data\": {\"a\": [1]}}'";
+    let five = [pattern; 5].join(", ");
+    assert!(validation_problems(&with(&format!("filter_criteria = [{five}]"))).is_empty());
+    let six = [pattern; 6].join(", ");
+    assert_eq!(
+        validation_problems(&with(&format!("filter_criteria = [{six}]"))),
+        vec!["mapping[orders].filter_criteria: 6 patterns, at most 5 are allowed"]
+    );
+}
+
+// ------------------------------------------------------------ problem kinds
+
+#[test]
+fn unknown_keys_everywhere_with_suggestions() {
+    let text = format!(
+        "shutdown_timeout = 3\n[store]\nkindd = \"local\"\n[serverr]\n{}\nbatchsize = 10\n\
+         maximum_batching_window = 1\nwindow = 3\nzzz = 1\n\
+         [mapping.destination_config.on-failure]\ndestination = \"x\"",
+        BASE.replace(
+            "function = \"echo\"",
+            "function = { name = \"echo\", timeout = 3 }"
+        )
+    );
+    assert_eq!(
+        validation_problems(&text),
+        vec![
+            "shutdown_timeout: unknown key (did you mean shutdown_timeout_seconds?)",
+            "store.kindd: unknown key (did you mean kind?)",
+            "serverr: unknown key (did you mean server?)",
+            "mapping[orders].function.timeout: unknown key (did you mean timeout_seconds?)",
+            "mapping[orders].batchsize: unknown key (did you mean batch_size?)",
+            "mapping[orders].maximum_batching_window: unknown key (did you mean maximum_batching_window_in_seconds?)",
+            "mapping[orders].window: unknown key",
+            "mapping[orders].zzz: unknown key",
+            "mapping[orders].destination_config.on-failure: unknown key (did you mean on_failure?)",
+        ]
+    );
+}
+
+#[test]
+fn suggestions() {
+    let keys = &[
+        "batch_size",
+        "bisect_batch_on_function_error",
+        "name",
+        "enabled",
+    ];
+    assert_eq!(walk::suggest("batchsize", keys), Some("batch_size"));
+    assert_eq!(walk::suggest("BatchSize", keys), Some("batch_size"));
+    assert_eq!(walk::suggest("batch_szie", keys), Some("batch_size"));
+    assert_eq!(walk::suggest("nmae", keys), Some("name"));
+    assert_eq!(walk::suggest("enable", keys), Some("enabled"));
+    assert_eq!(
+        walk::suggest("bisect", keys),
+        Some("bisect_batch_on_function_error")
+    );
+    assert_eq!(walk::suggest("batch", keys), None); // in two keys: not obvious
+    assert_eq!(walk::suggest("colour", keys), None);
+    assert_eq!(walk::suggest("", keys), None);
+}
+
+#[test]
+fn wrong_types() {
+    let text = format!(
+        "shutdown_timeout_seconds = \"30\"\nstore = \"local\"\n[server]\nlisten = 9090\n{}\n\
+         batch_size = \"ten\"\nenabled = \"yes\"\nparallelization_factor = 1.0\n\
+         deaggregate = 1\nfunction_response_types = \"ReportBatchItemFailures\"\n\
+         filter_criteria = [{{ data = 1 }}]\nget_records_calls_per_second = \"5\"\n\
+         destination_config = [1, 2]",
+        BASE.replace("\"TRIM_HORIZON\"", "[\"TRIM_HORIZON\"]")
+            .replace("function = \"echo\"", "function = 3")
+    );
+    assert_eq!(
+        validation_problems(&text),
+        vec![
+            "shutdown_timeout_seconds: expected an integer, found string \"30\"",
+            "store: expected a table, found string \"local\"",
+            "server.listen: expected a string, found integer 9090",
+            "mapping[orders].function: expected a string (an in-process handler's name) or a table, found integer 3",
+            "mapping[orders].starting_position: expected a string, found array [\"TRIM_HORIZON\"]",
+            "mapping[orders].batch_size: expected an integer, found string \"ten\"",
+            "mapping[orders].enabled: expected a boolean (true or false), found string \"yes\"",
+            "mapping[orders].parallelization_factor: expected an integer, found float 1.0",
+            "mapping[orders].deaggregate: expected a boolean (true or false), found integer 1",
+            "mapping[orders].function_response_types: expected an array, found string \"ReportBatchItemFailures\"",
+            "mapping[orders].filter_criteria[0]: expected a string (a JSON filter pattern), found table",
+            "mapping[orders].get_records_calls_per_second: expected a number, found string \"5\"",
+            "mapping[orders].destination_config: expected a table, found array [1, 2]",
+        ]
+    );
+}
+
+#[test]
+fn bad_enum_strings_list_the_allowed_values() {
+    assert_eq!(
+        validation_problems(&with_root("[store]\nkind = \"redis\"")),
+        vec!["store.kind: \"redis\" is not one of local, dynamodb"]
+    );
+    assert_eq!(
+        validation_problems(&BASE.replace("TRIM_HORIZON", "EARLIEST")),
+        vec![
+            "mapping[orders].starting_position: \"EARLIEST\" is not one of TRIM_HORIZON, LATEST, AT_TIMESTAMP"
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with(
+            "function_response_types = [\"ReportBatchItemFailures\", \"Other\"]"
+        )),
+        vec![
+            "mapping[orders].function_response_types[1]: \"Other\" is not one of ReportBatchItemFailures"
+        ]
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    assert_eq!(
+        validation_problems("[[mapping]]\nname = \"orders\"\n"),
+        vec![
+            "mapping[orders].event_source_arn: required",
+            "mapping[orders].function: required",
+            "mapping[orders].starting_position: required",
+        ]
+    );
+    assert_eq!(
+        validation_problems(&BASE.replace("name = \"orders\"\n", "")),
+        vec!["mapping[0].name: required"]
+    );
+    assert_eq!(
+        validation_problems(&with_root("[store]\nkind = \"dynamodb\"")),
+        vec!["store.table: required"]
+    );
+}
+
+#[test]
+fn zero_mappings() {
+    assert_eq!(
+        validation_problems("shutdown_timeout_seconds = 10\n"),
+        vec!["mapping: at least one [[mapping]] is required"]
+    );
+    assert_eq!(
+        validation_problems("mapping = []\n"),
+        vec!["mapping: at least one [[mapping]] is required"]
+    );
+    assert_eq!(
+        validation_problems(""),
+        vec!["mapping: at least one [[mapping]] is required"]
+    );
+    assert_eq!(
+        validation_problems("[mapping]\nname = \"x\"\n"),
+        vec!["mapping: expected an array of tables ([[mapping]]), found table"]
+    );
+    assert_eq!(
+        validation_problems("mapping = [1]\n"),
+        vec!["mapping[0]: expected a table, found integer 1"]
+    );
+}
+
+#[test]
+fn syntax_error_is_one_problem_with_line_and_column() {
+    let err = parse("shutdown_timeout_seconds = 30\nbatch_size = = 3\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config: TOML syntax error at line 2, column 14: extra `=`, expected nothing"
+    );
+    let err = parse("a = 1\na = 2\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "config: TOML syntax error at line 2, column 1: duplicate key"
+    );
+}
+
+#[test]
+fn bad_names_and_duplicates() {
+    let text = format!(
+        "{BASE}{}{}{}",
+        BASE.replace("orders\"\nevent", "orders\"\nbatch_size = 0\nevent"),
+        BASE.replace("\"orders\"\n", "\"my orders\"\n"),
+        BASE.replace("\"orders\"\n", "\"\"\n"),
+    );
+    assert_eq!(
+        validation_problems(&text),
+        vec![
+            "mapping[1].name: \"orders\" is already the name of mapping[0]; names must be unique",
+            "mapping[1].batch_size: 0 is out of range 1..=10000",
+            "mapping[2].name: \"my orders\" is not a valid name (1 to 64 characters of A-Z a-z 0-9 _ . -)",
+            "mapping[3].name: \"\" is not a valid name (1 to 64 characters of A-Z a-z 0-9 _ . -)",
+        ]
+    );
+    let long = "a".repeat(64);
+    assert!(
+        validation_problems(&BASE.replace("orders\"\nevent", &format!("{long}\"\nevent")))
+            .is_empty()
+    );
+    let too_long = "a".repeat(65);
+    assert_eq!(
+        validation_problems(&BASE.replace("orders\"\nevent", &format!("{too_long}\"\nevent")))
+            .len(),
+        1
+    );
+    assert!(
+        validation_problems(&BASE.replace("orders\"\nevent", "Orders_v2.1-x\"\nevent")).is_empty()
+    );
+}
+
+#[test]
+fn bad_arns_say_what_shape_was_expected() {
+    let shapes = "(expected arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME or ...:stream/NAME/consumer/CONSUMER:TIMESTAMP)";
+    let arn = |a: &str| {
+        validation_problems(
+            &BASE.replace("arn:aws:kinesis:us-east-1:000000000000:stream/orders", a),
+        )
+    };
+    assert_eq!(
+        arn("arn:aws:kinesis:us-east-1:000000000000:orders"),
+        vec![format!(
+            "mapping[orders].event_source_arn: \"arn:aws:kinesis:us-east-1:000000000000:orders\" \
+             is not a Kinesis stream or consumer ARN: resource \"orders\" does not start with stream/ {shapes}"
+        )]
+    );
+    assert_eq!(
+        arn("orders"),
+        vec![format!(
+            "mapping[orders].event_source_arn: \"orders\" is not a Kinesis stream or consumer ARN: \
+             not an ARN (too few :-separated fields) {shapes}"
+        )]
+    );
+    assert_eq!(
+        validation_problems(&with(
+            "[mapping.destination_config.on_failure]\ndestination = \"arn:aws:lambda:us-east-1:000000000000:function:f\""
+        )),
+        vec![
+            "mapping[orders].destination_config.on_failure.destination: \
+             \"arn:aws:lambda:us-east-1:000000000000:function:f\" is not an SQS queue, SNS topic or S3 bucket ARN: \
+             service is \"lambda\", not sqs, sns or s3 (expected arn:PARTITION:sqs:REGION:ACCOUNT:QUEUE, \
+             arn:PARTITION:sns:REGION:ACCOUNT:TOPIC or arn:PARTITION:s3:::BUCKET)"
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with("[mapping.destination_config.on_failure]")),
+        vec!["mapping[orders].destination_config.on_failure.destination: required"]
+    );
+}
+
+#[test]
+fn combinations_lambda_rejects() {
+    assert_eq!(
+        validation_problems(&with(
+            "tumbling_window_in_seconds = 60\nparallelization_factor = 2"
+        )),
+        vec![
+            "mapping[orders].tumbling_window_in_seconds: a tumbling window (60) is not allowed with parallelization_factor = 2"
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with("starting_position_timestamp = \"2026-11-22T00:00:00Z\"")),
+        vec![
+            "mapping[orders].starting_position_timestamp: only allowed with starting_position = \"AT_TIMESTAMP\", not \"TRIM_HORIZON\""
+        ]
+    );
+    assert_eq!(
+        validation_problems(&BASE.replace("TRIM_HORIZON", "AT_TIMESTAMP")),
+        vec![
+            "mapping[orders].starting_position_timestamp: required with starting_position = \"AT_TIMESTAMP\""
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_function_table("name = \"echo\"\ncommand = [\"./h\"]")),
+        vec!["mapping[orders].function: set either name or command, not both"]
+    );
+    assert_eq!(
+        validation_problems(&with_function_table("timeout_seconds = 5")),
+        vec![
+            "mapping[orders].function: needs name (an in-process handler) or command (a Runtime API process)"
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_function_table("name = \"echo\"\nconcurrency = 2")),
+        vec!["mapping[orders].function.concurrency: only allowed with command"]
+    );
+    assert_eq!(
+        validation_problems(&with_root("[store]\nkind = \"dynamodb\"\ntable = \"t1\"\npath = \"x\"")),
+        vec![
+            "store.table: \"t1\" is not a DynamoDB table name (3 to 255 characters of A-Z a-z 0-9 _ . -)",
+            "store.path: only allowed with kind = \"local\"",
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_root("[store]\ntable = \"esm-leases\"")),
+        vec!["store.table: only allowed with kind = \"dynamodb\""]
+    );
+}
+
+#[test]
+fn timestamps() {
+    let at = |ts: &str| {
+        validation(&BASE.replace(
+            "\"TRIM_HORIZON\"",
+            &format!("\"AT_TIMESTAMP\"\nstarting_position_timestamp = {ts}"),
+        ))
+    };
+    let expected =
+        StartingPosition::AtTimestamp(Utc.with_ymd_and_hms(2026, 11, 22, 0, 0, 0).unwrap());
+    let (config, problems) = at("\"2026-11-22T00:00:00Z\"");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(config.mappings[0].starting_position, expected);
+    let (config, problems) = at("2026-11-22T00:00:00Z");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(config.mappings[0].starting_position, expected);
+    assert_eq!(
+        at("2026-11-22T00:00:00").1,
+        vec![
+            "mapping[orders].starting_position_timestamp: 2026-11-22T00:00:00 is not a date and time with a UTC offset (e.g. 2026-11-22T00:00:00Z)"
+        ]
+    );
+    assert_eq!(
+        at("\"yesterday\"").1,
+        vec![
+            "mapping[orders].starting_position_timestamp: \"yesterday\" is not an RFC 3339 timestamp (e.g. 2026-11-22T00:00:00Z)"
+        ]
+    );
+    assert_eq!(
+        at("1700000000").1,
+        vec![
+            "mapping[orders].starting_position_timestamp: expected an RFC 3339 timestamp, found integer 1700000000"
+        ]
+    );
+}
+
+#[test]
+fn function_commands_and_names() {
+    assert_eq!(
+        validation_problems(&with_function_table("command = []")),
+        vec![
+            "mapping[orders].function.command: must not be empty (the program, then its arguments)"
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_function_table("command = [\"./h\", \"\", 3]")),
+        vec![
+            "mapping[orders].function.command[1]: must not be empty",
+            "mapping[orders].function.command[2]: expected a string, found integer 3",
+        ]
+    );
+    assert_eq!(
+        validation_problems(&BASE.replace("\"echo\"", "\"\"")),
+        vec!["mapping[orders].function: must not be empty"]
+    );
+    let (config, problems) = validation(&with_function_table("command = [\"./h\"]"));
+    assert!(problems.is_empty());
+    assert_eq!(
+        config.mappings[0].function,
+        FunctionConfig::Command {
+            command: vec!["./h".to_string()],
+            concurrency: 1,
+            timeout: Duration::from_secs(3)
+        }
+    );
+}
+
+#[test]
+fn filter_patterns_must_be_json_objects() {
+    assert_eq!(
+        validation_problems(&with("filter_criteria = ['{\"data\": 1', '[1]']")),
+        vec![
+            "mapping[orders].filter_criteria[0]: not valid JSON: EOF while parsing an object at line 1 column 10",
+            "mapping[orders].filter_criteria[1]: expected a JSON object (a filter pattern), found [1]",
+        ]
+    );
+}
+
+#[test]
+fn server_listen() {
+    let (config, problems) = validation(&with_root("[server]"));
+    assert!(problems.is_empty());
+    assert_eq!(
+        config.server,
+        Some(ServerConfig {
+            listen: "127.0.0.1:9090".parse().unwrap()
+        })
+    );
+    let (config, problems) = validation(&with_root("[server]\nlisten = \"[::1]:80\""));
+    assert!(problems.is_empty());
+    assert_eq!(config.server.unwrap().listen.port(), 80);
+    assert_eq!(
+        validation_problems(&with_root("[server]\nlisten = \"localhost:9090\"")),
+        vec![
+            "server.listen: \"localhost:9090\" is not an IP address and port (e.g. 127.0.0.1:9090)"
+        ]
+    );
+}
+
+#[test]
+fn problems_come_in_file_order_then_unsupported() {
+    let text = format!(
+        "{}\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
+        BASE.replace("function = \"echo\"\n", "")
+    );
+    assert_eq!(
+        all_problems(&format!("shutdown_timeout_seconds = -5\n{text}")),
+        vec![
+            "shutdown_timeout_seconds: -5 is out of range 0..=3600",
+            "mapping[orders].zzz: unknown key",
+            "mapping[orders].batch_size: 0 is out of range 1..=10000",
+            "mapping[orders].function.command: not supported yet: command = [\"./h\"] (Runtime API worker processes are not built yet; use an in-process handler)",
+        ]
+    );
+}
+
+#[test]
+fn invalid_values_do_not_also_count_as_unsupported() {
+    assert_eq!(
+        all_problems(&with(
+            "parallelization_factor = 11\nmaximum_record_age_in_seconds = 30\nmaximum_retry_attempts = -3"
+        )),
+        vec![
+            "mapping[orders].parallelization_factor: 11 is out of range 1..=10",
+            "mapping[orders].maximum_record_age_in_seconds: 30 is out of range (-1 or 60..=604800)",
+            "mapping[orders].maximum_retry_attempts: -3 is out of range (-1 or 0..=10000)",
+        ]
+    );
+}
+
+#[test]
+fn five_mistakes_fixture_gives_exactly_the_expected_lines() {
+    let text = include_str!("../../tests/fixtures/five-mistakes.toml");
+    let expected: Vec<&str> = include_str!("../../tests/fixtures/five-mistakes.expected")
+        .lines()
+        .collect();
+    assert_eq!(expected.len(), 5);
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.0.len(), 5);
+    assert_eq!(err.to_string().lines().collect::<Vec<_>>(), expected);
+}
+
+// ---------------------------------------------------------------------- ARNs
+
+#[test]
+fn stream_arn() {
+    let arn =
+        EventSourceArn::parse("arn:aws:kinesis:us-east-1:000000000000:stream/orders").unwrap();
+    assert_eq!(
+        arn,
+        EventSourceArn {
+            arn: "arn:aws:kinesis:us-east-1:000000000000:stream/orders".to_string(),
+            partition: "aws".to_string(),
+            region: "us-east-1".to_string(),
+            account: "000000000000".to_string(),
+            stream_name: "orders".to_string(),
+            consumer: None,
+        }
+    );
+    assert_eq!(arn.stream_arn(), arn.arn);
+    let cn =
+        EventSourceArn::parse("arn:aws-cn:kinesis:cn-north-1:123456789012:stream/a.b_c-d").unwrap();
+    assert_eq!(cn.partition, "aws-cn");
+    assert_eq!(cn.stream_name, "a.b_c-d");
+}
+
+#[test]
+fn consumer_arn() {
+    let s = "arn:aws:kinesis:us-east-1:000000000000:stream/orders/consumer/esm-1:1700000000";
+    let arn = EventSourceArn::parse(s).unwrap();
+    assert_eq!(arn.stream_name, "orders");
+    assert_eq!(arn.consumer.as_deref(), Some(s));
+    assert_eq!(
+        arn.stream_arn(),
+        "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+    );
+    assert_eq!(arn.to_string(), s);
+}
+
+#[test]
+fn bad_event_source_arns() {
+    let why = |s: &str| {
+        let err = EventSourceArn::parse(s).unwrap_err();
+        assert!(err.ends_with(
+            "(expected arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME or ...:stream/NAME/consumer/CONSUMER:TIMESTAMP)"
+        ), "{err}");
+        err.split(" (expected")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(why(""), "not an ARN (too few :-separated fields)");
+    assert_eq!(
+        why("urn:aws:kinesis:us-east-1:000000000000:stream/o"),
+        "not an ARN (does not start with arn:)"
+    );
+    assert_eq!(
+        why("arn:gcp:kinesis:us-east-1:000000000000:stream/o"),
+        "partition \"gcp\" is not valid"
+    );
+    assert_eq!(
+        why("arn:aws:sqs:us-east-1:000000000000:stream/o"),
+        "service is \"sqs\", not kinesis"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis::000000000000:stream/o"),
+        "region \"\" is not valid"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:123:stream/o"),
+        "account \"123\" is not 12 digits"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:"),
+        "the resource after the account is empty"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:table/o"),
+        "resource \"table/o\" does not start with stream/"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:stream/"),
+        "stream name \"\" is not 1 to 128 characters of A-Z a-z 0-9 _ . -"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:stream/a b"),
+        "stream name \"a b\" is not 1 to 128 characters of A-Z a-z 0-9 _ . -"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:stream/o/consumer/c"),
+        "\"consumer/c\" after the stream name is not consumer/CONSUMER:TIMESTAMP"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:stream/o/consumer/c:"),
+        "\"consumer/c:\" after the stream name is not consumer/CONSUMER:TIMESTAMP"
+    );
+    assert_eq!(
+        why("arn:aws:kinesis:us-east-1:000000000000:stream/o/shard/c:1"),
+        "\"shard/c:1\" after the stream name is not consumer/CONSUMER:TIMESTAMP"
+    );
+}
+
+#[test]
+fn destination_arns() {
+    let kind = |s: &str| DestinationArn::parse(s).map(|d| d.kind);
+    assert_eq!(
+        kind("arn:aws:sqs:us-east-1:000000000000:orders-failures"),
+        Ok(DestinationKind::Sqs)
+    );
+    assert_eq!(
+        kind("arn:aws:sns:us-east-1:000000000000:orders_failures"),
+        Ok(DestinationKind::Sns)
+    );
+    assert_eq!(kind("arn:aws:s3:::my.bucket-1"), Ok(DestinationKind::S3));
+    for bad in [
+        "arn:aws:sqs:us-east-1:000000000000:bad name",
+        "arn:aws:sqs:us-east-1:0:q",
+        "arn:aws:sns::000000000000:t",
+        "arn:aws:s3:us-east-1::bucket",
+        "arn:aws:s3:::B",
+        "arn:aws:s3:::-bucket",
+        "arn:aws:dynamodb:us-east-1:000000000000:table/t",
+        "sqs://queue",
+    ] {
+        let err = DestinationArn::parse(bad).unwrap_err();
+        assert!(
+            err.ends_with(
+                "(expected arn:PARTITION:sqs:REGION:ACCOUNT:QUEUE, arn:PARTITION:sns:REGION:ACCOUNT:TOPIC or arn:PARTITION:s3:::BUCKET)"
+            ),
+            "{bad}: {err}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------ display
+
+#[test]
+fn problems_display_one_per_line() {
+    let problems = Problems(vec![
+        Problem::new(
+            "mapping[orders].batch_size",
+            "20000 is out of range 1..=10000",
+        ),
+        Problem::new("config", "cannot read x"),
+    ]);
+    assert_eq!(
+        problems.to_string(),
+        "mapping[orders].batch_size: 20000 is out of range 1..=10000\nconfig: cannot read x"
+    );
+    assert_eq!(problems.0[1].to_string(), "config: cannot read x");
+    let as_error: &dyn std::error::Error = &problems;
+    assert!(as_error.source().is_none());
+    assert_eq!(Problems(Vec::new()).to_string(), "");
+}
+
+#[test]
+fn summary_counts_and_lists_mappings() {
+    let two = format!("{BASE}{}", BASE.replace("\"orders\"", "\"payments\""));
+    assert_eq!(
+        valid(&two).summary(),
+        "valid: 2 mappings (orders, payments); store local at ./esm-state"
+    );
+}

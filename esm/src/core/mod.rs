@@ -1,0 +1,15 @@
+//! The semantics: what Lambda's event source mapping decides, as pure code.
+//!
+//! Nothing in here does I/O, spawns tasks, reads a clock or draws a random number:
+//! time and jitter are passed in as values. That is what lets unit and property tests
+//! drive batching, pacing, failure decisions and the shard graph with simulated time,
+//! and what lets a reader change one Lambda rule in one file. The adapters around it
+//! (`source`, `invoke`, `store`) do the I/O; `runner` wires the two together.
+
+pub mod backoff;
+pub mod batch;
+pub mod event;
+pub mod failure;
+pub mod lineage;
+pub mod pacing;
+pub mod record;

@@ -1,0 +1,29 @@
+//! esm: a self-hosted, Lambda-compatible event source mapping runtime for Amazon
+//! Kinesis Data Streams.
+//!
+//! A record flows `source` → `core::batch` → `invoke` → `core::failure` → `store`:
+//!
+//! - [`core`] — Lambda's semantics as pure code (batching, events, failure decisions,
+//!   pacing, the shard graph), time passed in;
+//! - [`source`] — ListShards and GetRecords;
+//! - [`invoke`] — running the function (in-process handlers, registered in a
+//!   [`Registry`]);
+//! - [`store`] — checkpoints;
+//! - [`runner`] — a loop per mapping and per shard wiring them together;
+//! - [`config`] and [`cli`]: the user-facing contract.
+//!
+//! To run in-process handlers, a binary registers them and hands over to the CLI:
+//! see [`cli`].
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod invoke;
+pub mod logging;
+pub mod metrics;
+pub mod runner;
+pub mod source;
+pub mod store;
+
+pub use handler_sdk;
+pub use invoke::Registry;

@@ -1,0 +1,88 @@
+//! Counters named after the metrics Lambda publishes for stream event source mappings.
+//!
+//! They are plain atomics, incremented where each outcome is decided, so that the
+//! Prometheus endpoint (roadmap) only has to read them. Names follow SPEC §6.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::core::failure::Outcome;
+
+/// A monotonically increasing count.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds one.
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// The current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `esm_get_records_total{outcome}`.
+#[derive(Debug, Default)]
+pub struct GetRecordsCounters {
+    /// Calls that returned records (or none).
+    pub ok: Counter,
+    /// `ProvisionedThroughputExceededException` / `LimitExceededException`.
+    pub throttled: Counter,
+    /// `ExpiredIteratorException`.
+    pub expired_iterator: Counter,
+    /// Any other failure.
+    pub error: Counter,
+}
+
+/// `esm_invocations_total{outcome}`.
+#[derive(Debug, Default)]
+pub struct InvocationCounters {
+    /// The function returned.
+    pub ok: Counter,
+    /// The function returned an error.
+    pub function_error: Counter,
+    /// The function timed out.
+    pub timeout: Counter,
+    /// The function crashed.
+    pub crash: Counter,
+    /// The function could not be invoked.
+    pub throttled: Counter,
+}
+
+impl InvocationCounters {
+    /// Counts one invocation by its outcome.
+    pub fn count(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Returned { .. } => &self.ok,
+            Outcome::FunctionError { .. } => &self.function_error,
+            Outcome::Timeout => &self.timeout,
+            Outcome::Crash { .. } => &self.crash,
+            Outcome::NotInvoked { .. } => &self.throttled,
+        }
+        .inc();
+    }
+}
+
+/// The counters of one mapping.
+#[derive(Debug, Default)]
+pub struct MappingMetrics {
+    /// `esm_polled_events_total`.
+    pub polled_events: Counter,
+    /// `esm_invoked_events_total` (a record counts again on each retry).
+    pub invoked_events: Counter,
+    /// `esm_failed_invoke_events_total`.
+    pub failed_invoke_events: Counter,
+    /// `esm_dropped_events_total`.
+    pub dropped_events: Counter,
+    /// `esm_get_records_total`.
+    pub get_records: GetRecordsCounters,
+    /// `esm_invocations_total`.
+    pub invocations: InvocationCounters,
+}

@@ -1,0 +1,91 @@
+//! The wiring: mappings, their shards, and the process around them.
+//!
+//! [`app::run`] opens the checkpoint store, resolves each enabled mapping's function,
+//! and runs a [`mapping`] loop per mapping until a shutdown signal; each mapping loop
+//! discovers shards and runs a [`shard`] runner per readable shard.
+
+pub mod app;
+pub mod mapping;
+pub mod shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{FunctionConfig, MappingConfig, StartingPosition};
+use crate::core::batch::BatchLimits;
+use crate::core::failure::FailurePolicy;
+use crate::invoke::Invoker;
+use crate::metrics::MappingMetrics;
+use crate::store::{CheckpointStore, StartAt};
+
+/// A mapping's settings in the form the runners use.
+#[derive(Clone, Debug)]
+pub struct MappingSpec {
+    /// The mapping's name (logs, metrics, store keys).
+    pub name: String,
+    /// The stream ARN.
+    pub stream_arn: String,
+    /// The stream's region.
+    pub region: String,
+    /// `arn:aws:lambda:REGION:ACCOUNT:function:NAME`.
+    pub function_arn: String,
+    /// The event's `invokeIdentityArn`.
+    pub invoke_identity_arn: String,
+    /// The invocation timeout.
+    pub timeout: Duration,
+    /// Batch size, window, payload cap.
+    pub limits: BatchLimits,
+    /// The failure rules.
+    pub policy: FailurePolicy,
+    /// Where shards present at the first start begin.
+    pub start: StartAt,
+    /// The per-shard GetRecords call budget.
+    pub calls_per_second: f64,
+    /// How often ListShards runs to find new shards.
+    pub discovery_interval: Duration,
+}
+
+impl MappingSpec {
+    /// Derives the runtime settings from a validated mapping config.
+    pub fn from_config(m: &MappingConfig) -> Self {
+        let arn = &m.event_source;
+        let (function_name, timeout) = match &m.function {
+            FunctionConfig::InProcess { name, timeout } => (name.clone(), *timeout),
+            FunctionConfig::Command { timeout, .. } => (m.name.clone(), *timeout),
+        };
+        Self {
+            name: m.name.clone(),
+            stream_arn: arn.stream_arn(),
+            region: arn.region.clone(),
+            function_arn: format!(
+                "arn:{}:lambda:{}:{}:function:{}",
+                arn.partition, arn.region, arn.account, function_name
+            ),
+            invoke_identity_arn: format!("arn:{}:iam::{}:role/esm", arn.partition, arn.account),
+            timeout,
+            limits: BatchLimits::new(m.batch_size, m.maximum_batching_window),
+            policy: FailurePolicy::default(),
+            start: match &m.starting_position {
+                StartingPosition::TrimHorizon => StartAt::TrimHorizon,
+                StartingPosition::Latest => StartAt::Latest,
+                StartingPosition::AtTimestamp(t) => StartAt::AtTimestamp { timestamp: *t },
+            },
+            calls_per_second: m.get_records_calls_per_second,
+            discovery_interval: m.shard_discovery_interval,
+        }
+    }
+}
+
+/// What every shard runner of one mapping shares.
+pub struct MappingContext {
+    /// The settings.
+    pub spec: MappingSpec,
+    /// Runs the function.
+    pub invoker: Arc<dyn Invoker>,
+    /// Keeps checkpoints.
+    pub store: Arc<dyn CheckpointStore>,
+    /// The mapping's counters.
+    pub metrics: Arc<MappingMetrics>,
+    /// Reads the stream.
+    pub client: aws_sdk_kinesis::Client,
+}

@@ -1,0 +1,59 @@
+//! The Kinesis client, configured only through the standard AWS provider chain.
+//!
+//! Endpoint, credentials and retries come from the environment and profile files
+//! (`AWS_ENDPOINT_URL_KINESIS`, `AWS_ACCESS_KEY_ID`, …) exactly as for any AWS SDK
+//! program, so the same binary talks to AWS or to a local emulator. The region is the
+//! stream's, taken from its ARN. The SDK's own retries are turned off: the readers
+//! pace, count and back off throttled calls themselves.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+
+/// A Kinesis client for the stream in `region`.
+pub async fn client(region: &str) -> aws_sdk_kinesis::Client {
+    let shared = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await;
+    aws_sdk_kinesis::Client::new(&shared)
+}
+
+/// A short description of an SDK error for a log line: the service's error code and
+/// message when there is one, else the transport error.
+pub fn describe<E, R>(err: &aws_sdk_kinesis::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_kinesis::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use aws_sdk_kinesis::error::SdkError;
+    match err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            match (e.code(), e.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                (Some(code), None) => code.to_string(),
+                _ => e.to_string(),
+            }
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}

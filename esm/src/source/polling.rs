@@ -1,0 +1,273 @@
+//! The shared-throughput reader: GetShardIterator, then GetRecords in a paced loop.
+//!
+//! One task per shard. It keeps its own place (the last sequence number it read), so
+//! when an iterator expires (after five minutes, e.g. while a slow batch held the
+//! channel full) it gets a fresh one right after that record: nothing is skipped and
+//! nothing read twice. Throttled calls back off with jitter and are counted; other
+//! passing errors are retried the same way; a missing stream or denied access ends
+//! the reader with a [`SourceError`]. A closed shard is read to its end, and the last
+//! page names its children.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::Client;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::kinesis::describe;
+use super::{Page, ReadFrom, SourceError};
+use crate::core::pacing::{CallResult, PollPacer};
+use crate::core::record::{Position, Record, SequenceNumber};
+use crate::metrics::MappingMetrics;
+
+/// The most records one GetRecords call may return.
+pub const MAX_GET_RECORDS_LIMIT: i32 = 10_000;
+
+/// What a polling reader needs to know.
+#[derive(Clone, Debug)]
+pub struct PollingConfig {
+    /// The stream's ARN.
+    pub stream_arn: String,
+    /// The shard to read.
+    pub shard_id: String,
+    /// Where to start.
+    pub from: ReadFrom,
+    /// The per-shard GetRecords call budget.
+    pub calls_per_second: f64,
+    /// `Limit` for each GetRecords call.
+    pub limit: i32,
+}
+
+/// Reads one shard, sending pages to `pages` until the shard ends, the reader fails,
+/// or `cancel` fires.
+pub async fn run(
+    client: Client,
+    config: PollingConfig,
+    pages: mpsc::Sender<Result<Page, SourceError>>,
+    metrics: Arc<MappingMetrics>,
+    cancel: CancellationToken,
+) {
+    let mut reader = PollingReader {
+        client,
+        pacer: PollPacer::new(config.calls_per_second),
+        last_read: None,
+        iterator: None,
+        config,
+        metrics,
+    };
+    loop {
+        let step = tokio::select! {
+            _ = cancel.cancelled() => return,
+            step = reader.next_page() => step,
+        };
+        let ended = matches!(&step, Ok(page) if page.end.is_some()) || step.is_err();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            sent = pages.send(step) => if sent.is_err() { return },
+        }
+        if ended {
+            return;
+        }
+    }
+}
+
+struct PollingReader {
+    client: Client,
+    config: PollingConfig,
+    pacer: PollPacer,
+    /// The last sequence number handed out; a fresh iterator starts after it.
+    last_read: Option<SequenceNumber>,
+    iterator: Option<String>,
+    metrics: Arc<MappingMetrics>,
+}
+
+impl PollingReader {
+    /// Waits for its turn, then reads one page; retries passing failures itself.
+    async fn next_page(&mut self) -> Result<Page, SourceError> {
+        loop {
+            if let Some(at) = self.pacer.next_call_at() {
+                tokio::time::sleep_until(at.into()).await;
+            }
+            let started = Instant::now();
+            let iterator = match self.iterator.take() {
+                Some(it) => it,
+                None => match self.fresh_iterator().await {
+                    Ok(it) => it,
+                    Err(Retry(result)) => {
+                        self.pacer.record(started, result, rand::random());
+                        continue;
+                    }
+                    Err(Stop(e)) => return Err(e),
+                },
+            };
+            match self.get_records(iterator, started).await {
+                Ok(page) => return Ok(page),
+                Err(Retry(result)) => self.pacer.record(started, result, rand::random()),
+                Err(Stop(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn fresh_iterator(&mut self) -> Result<String, Failure> {
+        let mut request = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(&self.config.stream_arn)
+            .shard_id(&self.config.shard_id);
+        request = match (&self.last_read, &self.config.from) {
+            (Some(seq), _) | (None, ReadFrom::AfterSequence(seq)) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            (None, ReadFrom::TrimHorizon) => {
+                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            (None, ReadFrom::Latest) => request.shard_iterator_type(ShardIteratorType::Latest),
+            (None, ReadFrom::AtTimestamp(t)) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(aws_smithy_types::DateTime::from_millis(
+                    t.timestamp_millis(),
+                )),
+        };
+        match request.send().await {
+            Ok(out) => match out.shard_iterator {
+                Some(it) => Ok(it),
+                None => Err(Stop(SourceError::Fatal(format!(
+                    "GetShardIterator on {} returned no iterator",
+                    self.config.shard_id
+                )))),
+            },
+            Err(e) => {
+                let text = describe(&e);
+                Err(match e.as_service_error() {
+                    Some(s) if s.is_resource_not_found_exception() => {
+                        Stop(SourceError::NotFound(text))
+                    }
+                    Some(s)
+                        if s.is_access_denied_exception() || s.is_invalid_argument_exception() =>
+                    {
+                        Stop(SourceError::Fatal(text))
+                    }
+                    Some(s) if s.is_provisioned_throughput_exceeded_exception() => {
+                        tracing::debug!(error = %text, "GetShardIterator throttled");
+                        Retry(CallResult::Throttled)
+                    }
+                    _ => {
+                        tracing::warn!(error = %text, "GetShardIterator failed; retrying");
+                        Retry(CallResult::Failed)
+                    }
+                })
+            }
+        }
+    }
+
+    async fn get_records(&mut self, iterator: String, started: Instant) -> Result<Page, Failure> {
+        let result = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(self.config.limit)
+            .send()
+            .await;
+        let out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                let text = describe(&e);
+                let counters = &self.metrics.get_records;
+                return Err(match e.as_service_error() {
+                    Some(s) if s.is_expired_iterator_exception() => {
+                        counters.expired_iterator.inc();
+                        tracing::info!("shard iterator expired; getting a fresh one after the last record read");
+                        // Not the shard's fault: ask again at the budget's pace.
+                        Retry(CallResult::Read { behind: true })
+                    }
+                    Some(s)
+                        if s.is_provisioned_throughput_exceeded_exception()
+                            || s.is_kms_throttling_exception()
+                            || s.code() == Some("LimitExceededException") =>
+                    {
+                        counters.throttled.inc();
+                        tracing::debug!(error = %text, "GetRecords throttled; backing off");
+                        Retry(CallResult::Throttled)
+                    }
+                    Some(s) if s.is_resource_not_found_exception() => {
+                        counters.error.inc();
+                        Stop(SourceError::NotFound(text))
+                    }
+                    Some(s)
+                        if s.is_access_denied_exception() || s.is_kms_access_denied_exception() =>
+                    {
+                        counters.error.inc();
+                        Stop(SourceError::Fatal(text))
+                    }
+                    _ => {
+                        counters.error.inc();
+                        tracing::warn!(error = %text, "GetRecords failed; retrying with backoff");
+                        Retry(CallResult::Failed)
+                    }
+                });
+            }
+        };
+        self.metrics.get_records.ok.inc();
+        let mut records = Vec::with_capacity(out.records.len());
+        for r in out.records {
+            let Some(sequence) = SequenceNumber::parse(r.sequence_number) else {
+                tracing::error!(
+                    "GetRecords returned a record with a malformed sequence number; skipping it"
+                );
+                continue;
+            };
+            let arrival = r
+                .approximate_arrival_timestamp
+                .and_then(|t| t.to_millis().ok())
+                .and_then(DateTime::<Utc>::from_timestamp_millis)
+                .unwrap_or_default();
+            records.push(Record {
+                position: Position::whole(sequence),
+                partition_key: r.partition_key.unwrap_or_default(),
+                explicit_hash_key: None,
+                data: Bytes::from(r.data.into_inner()),
+                approximate_arrival: arrival,
+            });
+        }
+        if let Some(last) = records.last() {
+            self.last_read = Some(last.sequence().clone());
+        }
+        self.metrics.polled_events.add(records.len() as u64);
+        let behind = out.millis_behind_latest.is_some_and(|m| m > 0)
+            || records.len() >= usize::try_from(self.config.limit).unwrap_or(usize::MAX);
+        self.pacer
+            .record(started, CallResult::Read { behind }, rand::random());
+        let end = match out.next_shard_iterator {
+            Some(next) => {
+                self.iterator = Some(next);
+                None
+            }
+            None => Some(
+                out.child_shards
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| c.shard_id)
+                    .collect(),
+            ),
+        };
+        Ok(Page {
+            records,
+            millis_behind_latest: out.millis_behind_latest,
+            end,
+        })
+    }
+}
+
+/// What a failed call means for the loop.
+enum Failure {
+    /// Try again when the pacer says so.
+    Retry(CallResult),
+    /// The reader cannot go on.
+    Stop(SourceError),
+}
+use Failure::{Retry, Stop};
