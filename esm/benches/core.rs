@@ -1,1 +1,146 @@
-fn main() {}
+//! In-process core overhead: records per second through the batcher, the event
+//! encoder and an in-process no-op handler (which deserializes the event as a real
+//! handler does), with no network. Run with `cargo bench -p esm --bench core`.
+//!
+//! Prints one line per scenario; figures go in the README.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use esm::core::batch::{BatchLimits, Batcher};
+use esm::core::event::{EventEncoder, EventSource};
+use esm::core::record::{Position, Record, SequenceNumber};
+use esm::invoke::{Invocation, Invoker, Outcome, Registry};
+use handler_sdk::events::KinesisEvent;
+use handler_sdk::{service_fn, Error, LambdaEvent};
+
+fn records(count: usize, size: usize) -> Vec<Record> {
+    (0..count)
+        .map(|i| Record {
+            position: Position::whole(
+                SequenceNumber::parse(format!(
+                    "4959033827149025660855969253836157109592157598{i:010}"
+                ))
+                .unwrap_or_else(|| unreachable!()),
+            ),
+            partition_key: format!("key-{}", i % 64),
+            explicit_hash_key: None,
+            data: Bytes::from(vec![b'x'; size]),
+            approximate_arrival: Utc
+                .timestamp_millis_opt(1_700_000_000_000 + i as i64)
+                .single()
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn encoder() -> EventEncoder {
+    EventEncoder::new(&EventSource {
+        stream_arn: "arn:aws:kinesis:us-east-1:000000000000:stream/bench".into(),
+        region: "us-east-1".into(),
+        invoke_identity_arn: "arn:aws:iam::000000000000:role/esm".into(),
+        shard_id: "shardId-000000000000".into(),
+    })
+}
+
+/// Batcher + encoder only: the work esm adds per record before the handler.
+fn batch_and_encode(input: &[Record], batch_size: usize) -> (Duration, usize, usize) {
+    let mut batcher = Batcher::new(BatchLimits::new(batch_size, Duration::ZERO), encoder());
+    let mut buf = Vec::new();
+    let (mut batches, mut bytes) = (0, 0);
+    let now = Instant::now();
+    let started = Instant::now();
+    for r in input {
+        batcher.push(r.clone(), now);
+        if batcher.pending_len() >= batch_size {
+            while let Some(batch) = batcher.next_batch(now, false) {
+                batcher.encoder().encode(&batch.records, &mut buf);
+                bytes += buf.len();
+                batches += 1;
+                black_box(&buf);
+            }
+        }
+    }
+    while let Some(batch) = batcher.next_batch(now, true) {
+        batcher.encoder().encode(&batch.records, &mut buf);
+        bytes += buf.len();
+        batches += 1;
+    }
+    (started.elapsed(), batches, bytes)
+}
+
+/// The whole in-process path: batch, encode, invoke a no-op handler that
+/// deserializes the event.
+async fn through_handler(input: &[Record], batch_size: usize) -> (Duration, usize) {
+    async fn noop(event: LambdaEvent<KinesisEvent>) -> Result<usize, Error> {
+        Ok(event.payload.records.len())
+    }
+    let invoker = Registry::new()
+        .handler("noop", service_fn(noop))
+        .invoker("noop")
+        .unwrap_or_else(|| unreachable!());
+    let mut batcher = Batcher::new(BatchLimits::new(batch_size, Duration::ZERO), encoder());
+    let now = Instant::now();
+    let started = Instant::now();
+    let mut handled = 0;
+    let mut feed = input.iter();
+    loop {
+        for r in feed.by_ref().take(batch_size) {
+            batcher.push(r.clone(), now);
+        }
+        let Some(batch) = batcher.next_batch(now, true) else {
+            break;
+        };
+        let mut buf = Vec::with_capacity(batch.event_len);
+        batcher.encoder().encode(&batch.records, &mut buf);
+        let outcome = invoker
+            .invoke(Invocation {
+                payload: Bytes::from(buf),
+                request_id: "bench".into(),
+                function_arn: "arn:aws:lambda:us-east-1:000000000000:function:noop".into(),
+                timeout: Duration::from_secs(60),
+                deadline: SystemTime::now() + Duration::from_secs(60),
+            })
+            .await;
+        match outcome {
+            Outcome::Returned { .. } => handled += batch.len(),
+            other => panic!("no-op handler failed: {other:?}"),
+        }
+    }
+    (started.elapsed(), handled)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    println!("esm core benchmark (in-process, no network); best of 3 runs each");
+    for (count, size) in [(200_000usize, 100usize), (20_000, 10_000)] {
+        let input = records(count, size);
+        for batch_size in [100usize, 1_000, 10_000] {
+            let best = (0..3)
+                .map(|_| batch_and_encode(&input, batch_size))
+                .min_by_key(|r| r.0)
+                .unwrap_or_else(|| unreachable!());
+            let (elapsed, batches, bytes) = best;
+            println!(
+                "batch+encode     records={count:>7} size={size:>6}B batch_size={batch_size:>5}: {:>10.0} records/s, {:>7.1} MB/s of event JSON ({batches} batches)",
+                count as f64 / elapsed.as_secs_f64(),
+                bytes as f64 / elapsed.as_secs_f64() / 1e6,
+            );
+            let (elapsed, handled) = (0..3)
+                .map(|_| runtime.block_on(through_handler(&input, batch_size)))
+                .min_by_key(|r| r.0)
+                .unwrap_or_else(|| unreachable!());
+            assert_eq!(handled, count);
+            println!(
+                "through handler  records={count:>7} size={size:>6}B batch_size={batch_size:>5}: {:>10.0} records/s ({:.1} µs per invocation)",
+                count as f64 / elapsed.as_secs_f64(),
+                elapsed.as_secs_f64() * 1e6 / count.div_ceil(batch_size) as f64,
+            );
+        }
+    }
+}

@@ -8,11 +8,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, Shard, StreamStatus};
 use aws_sdk_kinesis::Client;
 use serde::{Deserialize, Serialize};
 
@@ -189,6 +190,25 @@ pub async fn put_records(
 /// Writes a config file for one mapping of `stream` into `dir`; `extra` is appended
 /// to the `[[mapping]]` table.
 pub fn write_config(dir: &Path, mapping: &str, stream: &str, extra: &str) -> PathBuf {
+    write_config_from(
+        dir,
+        mapping,
+        stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        extra,
+    )
+}
+
+/// Like [`write_config`], with the mapping's starting position given as TOML lines
+/// (`starting_position = "LATEST"\n`, or `starting_position = "AT_TIMESTAMP"` plus
+/// `starting_position_timestamp = "…"`).
+pub fn write_config_from(
+    dir: &Path,
+    mapping: &str,
+    stream: &str,
+    starting: &str,
+    extra: &str,
+) -> PathBuf {
     let text = format!(
         r#"shutdown_timeout_seconds = 20
 
@@ -200,8 +220,7 @@ path = "{state}"
 name = "{mapping}"
 event_source_arn = "{arn}"
 function = "recorder"
-starting_position = "TRIM_HORIZON"
-shard_discovery_interval_seconds = 1
+{starting}shard_discovery_interval_seconds = 1
 {extra}
 "#,
         state = dir.join("state").display(),
@@ -241,13 +260,21 @@ impl Esm {
     /// Starts `esm-recorder run --config CONFIG`, recording to `dir/out.jsonl`, with
     /// extra environment.
     pub fn start(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Self {
-        let out = dir.join("out.jsonl");
+        Self::start_with_out(dir, config, &dir.join("out.jsonl"), env)
+    }
+
+    /// Like [`Esm::start`], recording to `out` (e.g. one file per run of a restart
+    /// test). The log goes to a fresh file in `dir`.
+    pub fn start_with_out(dir: &Path, config: &Path, out: &Path, env: &[(&str, &str)]) -> Self {
+        let out = out.to_path_buf();
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = dir.join(format!(
-            "esm-{}.log",
+            "esm-{}-{}.log",
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis())
-                .unwrap_or(0)
+                .unwrap_or(0),
+            STARTS.fetch_add(1, Ordering::SeqCst)
         ));
         let mut cmd = Command::new(bin_path("esm-recorder"));
         cmd.arg("run")
@@ -294,6 +321,30 @@ impl Esm {
     /// The process's logs so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (up to `timeout`) for the process to exit by itself; panics with the logs
+    /// if it does not.
+    pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "esm did not exit within {timeout:?}; log: {}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// How many times `needle` occurs in the logs so far.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text().matches(needle).count()
     }
 
     /// Panics with the logs if the process has exited.
@@ -364,4 +415,196 @@ pub fn seen_by_shard(batches: &[BatchLine]) -> BTreeMap<String, Vec<String>> {
 /// Numeric order of two sequence numbers.
 pub fn seq_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// The payload [`put_records`] puts for record `n`: `{"n":N,"pad":"xx…"}`, about
+/// `size` bytes.
+pub fn record_payload(n: usize, size: usize) -> Vec<u8> {
+    let mut data = format!("{{\"n\":{n},\"pad\":\"");
+    while data.len() + 2 < size {
+        data.push('x');
+    }
+    data.push_str("\"}");
+    data.into_bytes()
+}
+
+/// Puts records `first..first + count` one PutRecord call each (for records too large
+/// to share a 5 MB PutRecords request), in order, keys `key-{N % keys}`.
+pub async fn put_records_one_by_one(
+    client: &Client,
+    stream: &str,
+    first: usize,
+    count: usize,
+    size: usize,
+    keys: usize,
+) -> Vec<PutRecord> {
+    let mut placed = Vec::with_capacity(count);
+    for n in first..first + count {
+        let key = format!("key-{}", n % keys.max(1));
+        let data = record_payload(n, size);
+        let mut attempts = 0;
+        let out = loop {
+            attempts += 1;
+            match client
+                .put_record()
+                .stream_name(stream)
+                .partition_key(&key)
+                .data(Blob::new(data.clone()))
+                .send()
+                .await
+            {
+                Ok(out) => break out,
+                Err(e) => {
+                    assert!(attempts < 20, "PutRecord kept failing: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        placed.push(PutRecord {
+            shard: out.shard_id().to_string(),
+            seq: out.sequence_number().to_string(),
+            key,
+        });
+    }
+    placed
+}
+
+/// Every shard ListShards returns for the stream (all pages).
+pub async fn list_shards(client: &Client, stream: &str) -> Vec<Shard> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let request = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let page = request.send().await.expect("ListShards");
+        shards.extend(page.shards().iter().cloned());
+        token = page.next_token().map(str::to_string);
+        if token.is_none() {
+            return shards;
+        }
+    }
+}
+
+/// The sequence numbers the test put, per shard, in sequence order.
+pub fn expected_by_shard(put: &[PutRecord]) -> BTreeMap<String, Vec<String>> {
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in put {
+        expected
+            .entry(r.shard.clone())
+            .or_default()
+            .push(r.seq.clone());
+    }
+    for seqs in expected.values_mut() {
+        seqs.sort_by(|a, b| seq_cmp(a, b));
+    }
+    expected
+}
+
+/// How many records `batches` hold (repeats counted).
+pub fn count_records(batches: &[BatchLine]) -> usize {
+    batches.iter().map(|b| b.records.len()).sum()
+}
+
+/// Waits until `done(log text)` holds, checking that `esm` is still running; panics
+/// with its logs after `timeout`.
+pub fn wait_for_log(
+    esm: &mut Esm,
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut(&str) -> bool,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = esm.log_text();
+        if done(&log) {
+            return;
+        }
+        esm.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The checkpoints (last done sequence number, per shard) esm stored for `mapping` in
+/// the local store at `state_dir`. Call it only while no esm process has the store open.
+pub async fn stored_checkpoints(
+    state_dir: &Path,
+    mapping: &str,
+) -> BTreeMap<String, esm::store::ShardCheckpoint> {
+    use esm::store::CheckpointStore as _;
+    let store = esm::store::local::LocalStore::open(state_dir).expect("open the local store");
+    store.load(mapping).await.expect("load checkpoints")
+}
+
+/// The sequence number a stored checkpoint points at.
+pub fn checkpoint_seq(state: &esm::store::ShardCheckpoint) -> Option<String> {
+    state
+        .checkpoint
+        .as_ref()
+        .map(|p| p.sequence.as_str().to_string())
+}
+
+/// A stream for one test, deleted when dropped (also when the test panics): the
+/// emulator allows 50 open shards per account, so streams left behind by earlier
+/// runs would make `CreateStream` fail.
+#[derive(Debug)]
+pub struct TestStream {
+    /// The stream's name ([`unique_name`] of the prefix).
+    pub name: String,
+}
+
+impl TestStream {
+    /// Creates a stream named after `prefix` with `shards` shards and waits until it
+    /// is active.
+    pub async fn create(client: &Client, prefix: &str, shards: i32) -> Self {
+        let name = unique_name(prefix);
+        create_stream(client, &name, shards).await;
+        Self { name }
+    }
+}
+
+impl std::ops::Deref for TestStream {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestStream {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await; delete from a thread with its own small runtime. Failures
+        // are ignored: the deletion only keeps the emulator tidy.
+        let deleter = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let config = aws_config::defaults(BehaviorVersion::latest())
+                    .region(aws_config::Region::new(REGION))
+                    .load()
+                    .await;
+                let client = Client::new(&config);
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client
+                        .delete_stream()
+                        .stream_name(&name)
+                        .enforce_consumer_deletion(true)
+                        .send(),
+                )
+                .await;
+            });
+        });
+        let _ = deleter.join();
+    }
 }

@@ -47,6 +47,7 @@ async fn run_inner(
 
     loop {
         // Discover, record new shards, start the readable ones.
+        let listed_at = chrono::Utc::now();
         let next_discovery = match list_shards(&ctx.client, &spec.stream_arn).await {
             Ok(lineage) => {
                 failures = 0;
@@ -54,10 +55,15 @@ async fn run_inner(
                     if !states.contains_key(&shard.id) {
                         // Shards there at the mapping's first start take its starting
                         // position; shards born later are read from their beginning.
-                        let start = if first_listing {
-                            spec.start.clone()
-                        } else {
-                            StartAt::TrimHorizon
+                        // LATEST is pinned to the time of that first listing, so a
+                        // restart before the first checkpoint does not skip records put
+                        // in between.
+                        let start = match (&spec.start, first_listing) {
+                            (_, false) => StartAt::TrimHorizon,
+                            (StartAt::Latest, true) => StartAt::AtTimestamp {
+                                timestamp: listed_at,
+                            },
+                            (start, true) => start.clone(),
                         };
                         let state = ShardCheckpoint::new(start);
                         let lease = ctx.store.acquire(&spec.name, &shard.id).await?;

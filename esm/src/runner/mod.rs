@@ -43,6 +43,8 @@ pub struct MappingSpec {
     pub calls_per_second: f64,
     /// How often ListShards runs to find new shards.
     pub discovery_interval: Duration,
+    /// `deaggregate`: KPL aggregated records should arrive as their user records.
+    pub deaggregate: bool,
 }
 
 impl MappingSpec {
@@ -72,6 +74,7 @@ impl MappingSpec {
             },
             calls_per_second: m.get_records_calls_per_second,
             discovery_interval: m.shard_discovery_interval,
+            deaggregate: m.deaggregate,
         }
     }
 }

@@ -178,6 +178,7 @@ impl ShardRunner {
         let mut invocation: Option<BoxFuture<'static, Outcome>> = None;
         let mut children: Option<Vec<String>> = None;
         let mut stopping = false;
+        let mut warned_aggregated = false;
         self.status.phase = Phase::Reading;
 
         let exit = loop {
@@ -260,6 +261,13 @@ impl ShardRunner {
                 Event::Page(Ok(page)) => {
                     self.status.millis_behind_latest = page.millis_behind_latest;
                     let now = Instant::now();
+                    if spec.deaggregate
+                        && !warned_aggregated
+                        && page.records.iter().any(is_kpl_aggregated)
+                    {
+                        warned_aggregated = true;
+                        tracing::warn!("KPL-aggregated records found: de-aggregation is not built yet, so they reach the function as the Kinesis records they are");
+                    }
                     for record in page.records {
                         batcher.push(record, now);
                     }
@@ -433,6 +441,11 @@ impl ShardRunner {
     pub fn status(&self) -> &ShardStatus {
         &self.status
     }
+}
+
+/// Whether a record is a KPL aggregate (it starts with the KPL magic number).
+fn is_kpl_aggregated(record: &crate::core::record::Record) -> bool {
+    record.data.starts_with(&[0xF3, 0x89, 0x9A, 0xC2])
 }
 
 fn display_position(p: Option<&Position>) -> String {

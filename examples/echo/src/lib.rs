@@ -18,7 +18,7 @@ pub async fn handle(event: LambdaEvent<KinesisEvent>) -> Result<(), Error> {
     for record in records {
         let data = record.data_bytes();
         let preview = match record.data_utf8() {
-            Ok(text) if text.len() <= 80 => text,
+            Ok(text) if text.len() <= 200 => text,
             _ => "…",
         };
         tracing::info!(

@@ -6,8 +6,9 @@
 //! check what reached the function, in which batches and in which order.
 //!
 //! Knobs (environment): `RECORDER_DELAY_MS` sleeps in each invocation (to kill esm
-//! mid-stream); `RECORDER_FAIL_FIRST=N` fails the first N invocations (to see
-//! retries).
+//! mid-stream); `RECORDER_DELAY_AFTER_MS` sleeps after the line was written, before
+//! returning (so a kill lands between "handled" and "checkpointed"); `RECORDER_FAIL_FIRST=N`
+//! fails the first N invocations (to see retries).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,10 @@ use handler_sdk::{service_fn, Error, LambdaEvent, RecordExt};
 fn main() -> std::process::ExitCode {
     let out = std::env::var("RECORDER_OUT").unwrap_or_else(|_| "recorder.jsonl".into());
     let delay = std::env::var("RECORDER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    let delay_after = std::env::var("RECORDER_DELAY_AFTER_MS")
         .ok()
         .and_then(|v| v.parse().ok())
         .map(Duration::from_millis);
@@ -72,9 +77,14 @@ fn main() -> std::process::ExitCode {
             };
             let mut text = serde_json::to_string(&line)?;
             text.push('\n');
-            let mut f = file.lock().map_err(|_| Error::from("poisoned"))?;
-            f.write_all(text.as_bytes())?;
-            f.flush()?;
+            {
+                let mut f = file.lock().map_err(|_| Error::from("poisoned"))?;
+                f.write_all(text.as_bytes())?;
+                f.flush()?;
+            }
+            if let Some(delay) = delay_after {
+                tokio::time::sleep(delay).await;
+            }
             Ok::<(), Error>(())
         }
     });
