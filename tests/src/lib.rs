@@ -5,6 +5,8 @@
 //! every test creates streams with unique names, so tests run in parallel on one
 //! emulator.
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -281,7 +283,7 @@ impl Esm {
             .arg("--config")
             .arg(config)
             .env("RECORDER_OUT", &out)
-            .env("ESM_LOG", "info,esm=debug")
+            .env("ESM_LOG", std::env::var("ESM_TEST_LOG").unwrap_or_else(|_| "info,esm=debug".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));

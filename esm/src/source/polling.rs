@@ -240,6 +240,7 @@ impl PollingReader {
         self.metrics.polled_events.add(records.len() as u64);
         let behind = out.millis_behind_latest.is_some_and(|m| m > 0)
             || records.len() >= usize::try_from(self.config.limit).unwrap_or(usize::MAX);
+        tracing::trace!(records = records.len(), millis_behind_latest = ?out.millis_behind_latest, behind, "GetRecords");
         self.pacer
             .record(started, CallResult::Read { behind }, rand::random());
         let end = match out.next_shard_iterator {
