@@ -283,7 +283,10 @@ impl Esm {
             .arg("--config")
             .arg(config)
             .env("RECORDER_OUT", &out)
-            .env("ESM_LOG", std::env::var("ESM_TEST_LOG").unwrap_or_else(|_| "info,esm=debug".into()))
+            .env(
+                "ESM_LOG",
+                std::env::var("ESM_TEST_LOG").unwrap_or_else(|_| "info,esm=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
@@ -563,9 +566,35 @@ pub struct TestStream {
 impl TestStream {
     /// Creates a stream named after `prefix` with `shards` shards and waits until it
     /// is active.
+    ///
+    /// While the emulator's shard limit is reached (streams of tests running in
+    /// parallel are being deleted), it tries again for up to 30 s.
     pub async fn create(client: &Client, prefix: &str, shards: i32) -> Self {
         let name = unique_name(prefix);
-        create_stream(client, &name, shards).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match client
+                .create_stream()
+                .stream_name(&name)
+                .shard_count(shards)
+                .send()
+                .await
+            {
+                Ok(_) => break,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_limit_exceeded_exception())
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!(
+                    "CreateStream {name}: {e:?} (the emulator allows 50 open shards; streams \
+                     left behind by earlier runs count against it)"
+                ),
+            }
+        }
+        wait_active(client, &name).await;
         Self { name }
     }
 }

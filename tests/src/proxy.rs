@@ -48,7 +48,9 @@ struct Stats {
 impl FaultProxy {
     /// Starts a proxy to `upstream` (e.g. `http://127.0.0.1:4567`).
     pub async fn start(upstream: &str, faults: Faults) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let stats = Arc::new(Stats::default());
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -56,12 +58,19 @@ impl FaultProxy {
         let shared = stats.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (client, upstream, stats) = (client.clone(), upstream.clone(), shared.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (client, upstream, stats) = (client.clone(), upstream.clone(), stats.clone());
-                        async move { Ok::<_, Infallible>(handle(req, &client, &upstream, &stats, faults).await) }
+                        let (client, upstream, stats) =
+                            (client.clone(), upstream.clone(), stats.clone());
+                        async move {
+                            Ok::<_, Infallible>(
+                                handle(req, &client, &upstream, &stats, faults).await,
+                            )
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -89,7 +98,13 @@ impl FaultProxy {
 
 type Upstream = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn handle(req: Request<Incoming>, client: &Upstream, upstream: &str, stats: &Stats, faults: Faults) -> Response<Full<Bytes>> {
+async fn handle(
+    req: Request<Incoming>,
+    client: &Upstream,
+    upstream: &str,
+    stats: &Stats,
+    faults: Faults,
+) -> Response<Full<Bytes>> {
     let is_get_records = req
         .headers()
         .get("x-amz-target")
@@ -97,21 +112,39 @@ async fn handle(req: Request<Incoming>, client: &Upstream, upstream: &str, stats
         .is_some_and(|t| t.ends_with(".GetRecords"));
     if is_get_records {
         let n = stats.get_records.fetch_add(1, Ordering::SeqCst) + 1;
-        if faults.throttle_every.is_some_and(|k| n % k == 0) {
+        if faults.throttle_every.is_some_and(|k| n.is_multiple_of(k)) {
             stats.throttled.fetch_add(1, Ordering::SeqCst);
-            return error("ProvisionedThroughputExceededException", "Rate exceeded for shard (injected by the test proxy)");
+            return error(
+                "ProvisionedThroughputExceededException",
+                "Rate exceeded for shard (injected by the test proxy)",
+            );
         }
-        if faults.expire_every.is_some_and(|k| n % k == 0) {
+        if faults.expire_every.is_some_and(|k| n.is_multiple_of(k)) {
             stats.expired.fetch_add(1, Ordering::SeqCst);
-            return error("ExpiredIteratorException", "Iterator expired (injected by the test proxy)");
+            return error(
+                "ExpiredIteratorException",
+                "Iterator expired (injected by the test proxy)",
+            );
         }
     }
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error("InternalFailure", &format!("proxy could not read the request: {e}")),
+        Err(e) => {
+            return error(
+                "InternalFailure",
+                &format!("proxy could not read the request: {e}"),
+            )
+        }
     };
-    let uri = format!("{upstream}{}", parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let uri = format!(
+        "{upstream}{}",
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
     let body = match faults.max_limit {
         Some(max) if is_get_records => cap_limit(body, max),
         _ => body,
@@ -129,17 +162,29 @@ async fn handle(req: Request<Incoming>, client: &Upstream, upstream: &str, stats
     match client.request(forward).await {
         Ok(resp) => {
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             Response::from_parts(parts, Full::new(body))
         }
-        Err(e) => error("InternalFailure", &format!("proxy could not reach the emulator: {e}")),
+        Err(e) => error(
+            "InternalFailure",
+            &format!("proxy could not reach the emulator: {e}"),
+        ),
     }
 }
 
 /// Lowers the `Limit` of a GetRecords request body to at most `max`.
 fn cap_limit(body: Bytes, max: u64) -> Bytes {
-    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else { return body };
-    let limit = json.get("Limit").and_then(serde_json::Value::as_u64).unwrap_or(10_000);
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return body;
+    };
+    let limit = json
+        .get("Limit")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(10_000);
     json["Limit"] = serde_json::Value::from(limit.min(max));
     serde_json::to_vec(&json).map(Bytes::from).unwrap_or(body)
 }

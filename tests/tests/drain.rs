@@ -9,8 +9,7 @@ use esm_e2e::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn every_record_arrives_in_order_in_bounded_batches() {
     let client = kinesis().await;
-    let stream = unique_name("drain");
-    create_stream(&client, &stream, 3).await;
+    let stream = TestStream::create(&client, "drain", 3).await;
     let put = put_records(&client, &stream, 0, 10_000, 100, 64).await;
     assert_eq!(put.len(), 10_000);
 

@@ -10,11 +10,11 @@ use esm_e2e::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn throttling_and_expired_iterators_lose_nothing() {
     let client = kinesis().await;
-    let stream = unique_name("faults");
-    create_stream(&client, &stream, 2).await;
+    let stream = TestStream::create(&client, "faults", 2).await;
     let put = put_records(&client, &stream, 0, 1_000, 100, 16).await;
 
-    let upstream = std::env::var("AWS_ENDPOINT_URL_KINESIS").expect("scripts/test sets the endpoint");
+    let upstream =
+        std::env::var("AWS_ENDPOINT_URL_KINESIS").expect("scripts/test sets the endpoint");
     let proxy = FaultProxy::start(
         &upstream,
         Faults {
@@ -30,10 +30,17 @@ async fn throttling_and_expired_iterators_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "faults", &stream, "batch_size = 50\n");
     let url = proxy.url();
-    let mut esm = Esm::start(dir.path(), &config, &[("AWS_ENDPOINT_URL_KINESIS", url.as_str())]);
-    wait_for(&mut esm, Duration::from_secs(90), "all 1,000 records", |b| {
-        b.iter().map(|b| b.records.len()).sum::<usize>() >= 1_000
-    });
+    let mut esm = Esm::start(
+        dir.path(),
+        &config,
+        &[("AWS_ENDPOINT_URL_KINESIS", url.as_str())],
+    );
+    wait_for(
+        &mut esm,
+        Duration::from_secs(90),
+        "all 1,000 records",
+        |b| b.iter().map(|b| b.records.len()).sum::<usize>() >= 1_000,
+    );
     // Keep polling through more faults for a moment: caught-up polls are throttled
     // and expired too, and must not cause re-delivery.
     let (calls_before, _, _) = proxy.counts();
@@ -45,15 +52,31 @@ async fn throttling_and_expired_iterators_lose_nothing() {
     assert!(esm.terminate(Duration::from_secs(30)).success());
 
     let (calls, throttled, expired) = proxy.counts();
-    assert!(throttled > 0 && expired > 0, "faults injected: {throttled} throttled, {expired} expired of {calls}");
-    assert!(log.contains("GetRecords throttled; backing off"), "no throttling line in the log");
-    assert!(log.contains("shard iterator expired"), "no expired-iterator line in the log");
+    assert!(
+        throttled > 0 && expired > 0,
+        "faults injected: {throttled} throttled, {expired} expired of {calls}"
+    );
+    assert!(
+        log.contains("GetRecords throttled; backing off"),
+        "no throttling line in the log"
+    );
+    assert!(
+        log.contains("shard iterator expired"),
+        "no expired-iterator line in the log"
+    );
 
     let seen = seen_by_shard(&read_batches(&dir.path().join("out.jsonl")));
     for shard in seen.keys() {
-        let mut expected: Vec<String> = put.iter().filter(|r| &r.shard == shard).map(|r| r.seq.clone()).collect();
+        let mut expected: Vec<String> = put
+            .iter()
+            .filter(|r| &r.shard == shard)
+            .map(|r| r.seq.clone())
+            .collect();
         expected.sort_by(|a, b| seq_cmp(a, b));
-        assert_eq!(&seen[shard], &expected, "shard {shard}: records missing, repeated or out of order");
+        assert_eq!(
+            &seen[shard], &expected,
+            "shard {shard}: records missing, repeated or out of order"
+        );
     }
     assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 1_000);
 }

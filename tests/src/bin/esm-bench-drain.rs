@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use esm_e2e::{create_stream, kinesis, put_records, stream_arn, unique_name};
+use esm_e2e::{kinesis, put_records, stream_arn, TestStream};
 use handler_sdk::events::KinesisEvent;
 use handler_sdk::{service_fn, Error, LambdaEvent};
 use tokio_util::sync::CancellationToken;
@@ -35,8 +35,7 @@ struct Args {
 async fn main() -> Result<(), Error> {
     let args = Args::parse();
     let client = kinesis().await;
-    let stream = unique_name("bench");
-    create_stream(&client, &stream, args.shards).await;
+    let stream = TestStream::create(&client, "bench", args.shards).await;
     let put_started = Instant::now();
     put_records(&client, &stream, 0, args.records, args.size, 64).await;
     let put_time = put_started.elapsed();

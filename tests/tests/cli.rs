@@ -1,0 +1,75 @@
+//! The command line of a binary that registers handlers (`esm-echo`, which has
+//! `echo`): `validate` accepts a config naming it, and names what it has when a config
+//! names something else.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use esm_e2e::bin_path;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../esm/tests/fixtures")
+        .join(name)
+}
+
+fn validate(config: &Path) -> Output {
+    Command::new(bin_path("esm-echo"))
+        .arg("validate")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run esm-echo")
+}
+
+#[test]
+fn validate_accepts_a_valid_config_with_a_one_line_summary() {
+    let out = validate(&fixture("valid.toml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "expected a one-line summary:\n{stdout}");
+    assert!(
+        lines[0].starts_with("valid: 1 mapping (orders)"),
+        "summary: {}",
+        lines[0]
+    );
+}
+
+#[test]
+fn validate_names_the_handlers_the_binary_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("esm.toml");
+    let text = std::fs::read_to_string(fixture("valid.toml"))
+        .unwrap()
+        .replace("function = \"echo\"", "function = \"orders-handler\"");
+    std::fs::write(&config, text).unwrap();
+    let out = validate(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{stdout}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "mapping[orders].function: no in-process handler named \"orders-handler\" in this binary (it has: echo)"
+        ]
+    );
+}
+
+#[test]
+fn validate_reports_the_same_problems_as_the_plain_binary() {
+    let expected = std::fs::read_to_string(fixture("five-mistakes.expected")).unwrap();
+    let out = validate(&fixture("five-mistakes.toml"));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        expected.lines().collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,258 @@
+//! Resharding: a parent shard is delivered completely before any record of its
+//! children, every record arrives exactly once, and children born while esm runs are
+//! picked up without a restart.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use aws_sdk_kinesis::types::ScalingType;
+use aws_sdk_kinesis::Client;
+use esm_e2e::*;
+
+/// Splits the 1-shard stream into 2 and waits until ListShards shows both children
+/// and the stream is active again; returns (parent, children).
+async fn split_in_two(client: &Client, stream: &str) -> (String, Vec<String>) {
+    let parent = list_shards(client, stream).await;
+    assert_eq!(parent.len(), 1);
+    let parent = parent[0].shard_id().to_string();
+    update_shard_count(client, stream, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let children = loop {
+        let shards = list_shards(client, stream).await;
+        let children: Vec<String> = shards
+            .iter()
+            .filter(|s| {
+                s.parent_shard_id() == Some(parent.as_str())
+                    || s.adjacent_parent_shard_id() == Some(parent.as_str())
+            })
+            .map(|s| s.shard_id().to_string())
+            .collect();
+        if children.len() == 2 {
+            let mut children = children;
+            children.sort();
+            break children;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the children of {parent} never appeared: {shards:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_active(client, stream).await;
+    (parent, children)
+}
+
+async fn update_shard_count(client: &Client, stream: &str, target: i32) {
+    client
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(target)
+        .scaling_type(ScalingType::UniformScaling)
+        .send()
+        .await
+        .expect("UpdateShardCount");
+}
+
+/// Merges the 2-shard stream into 1 and waits until ListShards shows the child of
+/// both and the stream is active again; returns (parents, child).
+async fn merge_into_one(client: &Client, stream: &str) -> (Vec<String>, String) {
+    let mut parents: Vec<String> = list_shards(client, stream)
+        .await
+        .iter()
+        .map(|s| s.shard_id().to_string())
+        .collect();
+    parents.sort();
+    assert_eq!(parents.len(), 2);
+    update_shard_count(client, stream, 1).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let child = loop {
+        let shards = list_shards(client, stream).await;
+        let child = shards.iter().find(|s| {
+            let mut named: Vec<&str> = s
+                .parent_shard_id()
+                .into_iter()
+                .chain(s.adjacent_parent_shard_id())
+                .collect();
+            named.sort_unstable();
+            named == parents
+        });
+        if let Some(child) = child {
+            break child.shard_id().to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the merged child of {parents:?} never appeared: {shards:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_active(client, stream).await;
+    (parents, child)
+}
+
+/// Asserts that the records arrived exactly once, in order per shard, and that every
+/// record of `parent` was delivered (by line in the out file) before any record of
+/// `children`.
+fn assert_parent_first(
+    batches: &[BatchLine],
+    put: &[PutRecord],
+    parent: &str,
+    children: &[String],
+) {
+    let expected = expected_by_shard(put);
+    let seen = seen_by_shard(batches);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "records came from other shards than they were put in"
+    );
+    for (shard, seqs) in &seen {
+        assert_eq!(
+            seqs, &expected[shard],
+            "shard {shard}: records missing, repeated or out of order"
+        );
+    }
+    let unique: HashSet<&str> = batches
+        .iter()
+        .flat_map(|b| b.records.iter().map(|r| r.seq.as_str()))
+        .collect();
+    assert_eq!(unique.len(), put.len());
+    assert_eq!(
+        count_records(batches),
+        put.len(),
+        "some record arrived twice"
+    );
+
+    let lines_of = |shard: &str| -> Vec<usize> {
+        batches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.shard == shard)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let last_parent_line = lines_of(parent)
+        .into_iter()
+        .max()
+        .expect("no batch from the parent");
+    for child in children {
+        let first_child_line = lines_of(child).into_iter().min();
+        if let Some(first) = first_child_line {
+            assert!(
+                first > last_parent_line,
+                "child {child} was delivered (line {first}) before the parent {parent} was finished (its last line is {last_parent_line})"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn children_born_while_running_are_read_after_the_parent() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "reshard-live", 1).await;
+    let mut put = put_records(&client, &stream, 0, 300, 100, 64).await;
+    assert_eq!(put.len(), 300);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "reshard", &stream, "");
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    wait_for(&mut esm, Duration::from_secs(30), "the first 300", |b| {
+        count_records(b) >= 300
+    });
+
+    let (parent, children) = split_in_two(&client, &stream).await;
+    let more = put_records(&client, &stream, 300, 300, 100, 64).await;
+    assert_eq!(more.len(), 300);
+    let landed: HashSet<&str> = more.iter().map(|r| r.shard.as_str()).collect();
+    assert!(
+        landed.iter().all(|s| children.iter().any(|c| c == s)),
+        "records put after the split landed on {landed:?}, not only on the children {children:?}"
+    );
+    put.extend(more);
+
+    wait_for(
+        &mut esm,
+        Duration::from_secs(45),
+        "all 600, children included, without a restart",
+        |b| count_records(b) >= 600,
+    );
+    let status = esm.terminate(Duration::from_secs(30));
+    assert!(status.success(), "esm exited with {status}");
+    assert_parent_first(
+        &read_batches(&esm_out(dir.path())),
+        &put,
+        &parent,
+        &children,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_parent_split_before_the_start_is_read_before_its_children() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "reshard-before", 1).await;
+    let mut put = put_records(&client, &stream, 0, 300, 100, 64).await;
+    assert_eq!(put.len(), 300);
+    let (parent, children) = split_in_two(&client, &stream).await;
+    let more = put_records(&client, &stream, 300, 300, 100, 64).await;
+    assert_eq!(more.len(), 300);
+    let by_shard: BTreeMap<String, Vec<String>> = expected_by_shard(&more);
+    assert_eq!(
+        by_shard.keys().collect::<Vec<_>>(),
+        children.iter().collect::<Vec<_>>(),
+        "64 keys should land on both children"
+    );
+    put.extend(more);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "reshard", &stream, "");
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    wait_for(&mut esm, Duration::from_secs(45), "all 600", |b| {
+        count_records(b) >= 600
+    });
+    let status = esm.terminate(Duration::from_secs(30));
+    assert!(status.success(), "esm exited with {status}");
+    assert_parent_first(
+        &read_batches(&esm_out(dir.path())),
+        &put,
+        &parent,
+        &children,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merged_child_waits_for_both_parents() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "reshard-merge", 2).await;
+    let mut put = put_records(&client, &stream, 0, 300, 100, 64).await;
+    assert_eq!(put.len(), 300);
+    assert_eq!(expected_by_shard(&put).len(), 2);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "reshard", &stream, "");
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    wait_for(&mut esm, Duration::from_secs(30), "the first 300", |b| {
+        count_records(b) >= 300
+    });
+    let (parents, child) = merge_into_one(&client, &stream).await;
+    let more = put_records(&client, &stream, 300, 300, 100, 64).await;
+    assert_eq!(more.len(), 300);
+    assert!(more.iter().all(|r| r.shard == child));
+    put.extend(more);
+
+    wait_for(
+        &mut esm,
+        Duration::from_secs(45),
+        "all 600, the merged child included",
+        |b| count_records(b) >= 600,
+    );
+    let status = esm.terminate(Duration::from_secs(30));
+    assert!(status.success(), "esm exited with {status}");
+    let batches = read_batches(&esm_out(dir.path()));
+    for parent in &parents {
+        assert_parent_first(&batches, &put, parent, std::slice::from_ref(&child));
+    }
+}
+
+/// Where [`Esm::start`] records.
+fn esm_out(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("out.jsonl")
+}
