@@ -71,7 +71,7 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
                 at("maximum_retry_attempts"),
                 "maximum_retry_attempts",
                 retries.to_string(),
-                "failed batches are retried until their records expire for now",
+                "failed batches are retried until they succeed for now",
             );
         }
         if let Some(age) = m.maximum_record_age {

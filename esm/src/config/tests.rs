@@ -326,7 +326,7 @@ fn unsupported_settings_are_each_one_problem() {
             "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
             "mapping[orders].function.command: not supported yet: command = [\"./orders-handler\", \"--fast\"] (Runtime API worker processes are not built yet; use an in-process handler)",
             "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 4 (each shard is read by one batch at a time for now)",
-            "mapping[orders].maximum_retry_attempts: not supported yet: maximum_retry_attempts = 3 (failed batches are retried until their records expire for now)",
+            "mapping[orders].maximum_retry_attempts: not supported yet: maximum_retry_attempts = 3 (failed batches are retried until they succeed for now)",
             "mapping[orders].maximum_record_age_in_seconds: not supported yet: maximum_record_age_in_seconds = 3600 (records are invoked whatever their age for now)",
             "mapping[orders].bisect_batch_on_function_error: not supported yet: bisect_batch_on_function_error = true (failed batches are retried whole for now)",
             "mapping[orders].function_response_types: not supported yet: function_response_types = [\"ReportBatchItemFailures\"] (partial batch responses are not read yet)",
