@@ -4,6 +4,7 @@
 #
 #   scripts/emulators.sh install        install kinesis-local (npm) if missing
 #   scripts/emulators.sh install-moto   install moto[server] (PyPI) into a venv
+#   scripts/emulators.sh install-python install awslambdaric (PyPI) into a venv
 #   scripts/emulators.sh start          install if needed, start kinesis-local
 #   scripts/emulators.sh stop           stop what `start` started
 #   scripts/emulators.sh status         exit 0 if the Kinesis port accepts connections
@@ -31,6 +32,9 @@ KINESIS_PID="$EMULATORS_DIR/kinesis.pid"
 # host; this preload makes it listen on 127.0.0.1 instead (see the file).
 KINESIS_LOOPBACK_PRELOAD="$SCRIPT_DIR/kinesis-loopback.cjs"
 MOTO_VENV="$EMULATORS_DIR/moto-venv"
+# Python with AWS's Lambda runtime interface client, for the Runtime API tests.
+PYTHON_VENV="$EMULATORS_DIR/python-venv"
+AWSLAMBDARIC_VERSION="4.2.2"
 
 log() { printf 'emulators: %s\n' "$*" >&2; }
 die() {
@@ -59,6 +63,18 @@ cmd_install() {
 	npm install --prefix "$KINESIS_PREFIX" --no-audit --no-fund --loglevel=error \
 		"kinesis-local@$KINESIS_VERSION" >&2
 	kinesis_installed || die "kinesis-local@$KINESIS_VERSION is not in $KINESIS_PKG after npm install"
+}
+
+cmd_install_python() {
+	if [[ -x "$PYTHON_VENV/bin/python" ]] && "$PYTHON_VENV/bin/python" -c 'import awslambdaric' 2>/dev/null; then
+		return 0
+	fi
+	command -v python3 >/dev/null 2>&1 || die "python3 is not installed"
+	log "installing awslambdaric==$AWSLAMBDARIC_VERSION into $PYTHON_VENV"
+	mkdir -p "$EMULATORS_DIR"
+	python3 -m venv "$PYTHON_VENV"
+	"$PYTHON_VENV/bin/pip" install --quiet --disable-pip-version-check "awslambdaric==$AWSLAMBDARIC_VERSION" >&2
+	"$PYTHON_VENV/bin/python" -c 'import awslambdaric' || die "awslambdaric does not import after install"
 }
 
 cmd_install_moto() {
@@ -171,16 +187,18 @@ export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:$KINESIS_PORT
 export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
 export AWS_REGION=us-east-1
+export ESM_TEST_PYTHON=$PYTHON_VENV/bin/python
 EOF
 }
 
 usage() {
-	sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 case "${1:-}" in
 install) cmd_install ;;
 install-moto) cmd_install_moto ;;
+install-python) cmd_install_python ;;
 start) cmd_start ;;
 stop) cmd_stop ;;
 status) cmd_status ;;

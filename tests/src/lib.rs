@@ -201,15 +201,34 @@ pub fn write_config(dir: &Path, mapping: &str, stream: &str, extra: &str) -> Pat
     )
 }
 
-/// Like [`write_config`], with the mapping's starting position given as TOML lines
-/// (`starting_position = "LATEST"\n`, or `starting_position = "AT_TIMESTAMP"` plus
-/// `starting_position_timestamp = "…"`).
+/// Like [`write_config`], with the `starting_position` line (and any
+/// `starting_position_timestamp`) given as TOML lines in `starting`.
 pub fn write_config_from(
     dir: &Path,
     mapping: &str,
     stream: &str,
     starting: &str,
     extra: &str,
+) -> PathBuf {
+    write_config_function(
+        dir,
+        mapping,
+        stream,
+        starting,
+        extra,
+        "function = \"recorder\"\n",
+    )
+}
+
+/// The general form: `function` is the TOML that names the function, written last
+/// so that it may be a `[mapping.function]` table (e.g. a Runtime API `command`).
+pub fn write_config_function(
+    dir: &Path,
+    mapping: &str,
+    stream: &str,
+    starting: &str,
+    extra: &str,
+    function: &str,
 ) -> PathBuf {
     let text = format!(
         r#"shutdown_timeout_seconds = 20
@@ -221,9 +240,9 @@ path = "{state}"
 [[mapping]]
 name = "{mapping}"
 event_source_arn = "{arn}"
-function = "recorder"
 {starting}shard_discovery_interval_seconds = 1
 {extra}
+{function}
 "#,
         state = dir.join("state").display(),
         arn = stream_arn(stream),
@@ -638,4 +657,48 @@ impl Drop for TestStream {
         });
         let _ = deleter.join();
     }
+}
+
+impl Esm {
+    /// The process id of esm.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Processes now running whose executable or command line mentions `needle`
+/// (a binary's path, a script's name), by pid.
+pub fn processes_matching(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && pid != std::process::id() {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// The local addresses process `pid` listens on (TCP), from `ss`.
+pub fn listening_addresses(pid: u32) -> Vec<String> {
+    let out = Command::new("ss")
+        .args(["-ltnpH"])
+        .output()
+        .expect("ss (iproute2) is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
 }
