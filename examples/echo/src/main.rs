@@ -1,5 +1,5 @@
-//! `echo-handler` as a Lambda function: deploy it to AWS Lambda, or point esm's
-//! Runtime API host at it.
+//! `echo-handler` as a Lambda function: deploy it to AWS Lambda, or have esm run it
+//! as a worker process (`[mapping.function] command = [...]`).
 
 use handler_sdk::{service_fn, Error};
 

@@ -8,7 +8,9 @@
 //! backoff.
 //!
 //! Each record is a JSON object `{"id":N,"type":"order","pad":"xxx…"}` padded to
-//! roughly `--size` bytes, with partition key `key-{N % keys}`.
+//! roughly `--size` bytes, with partition key `key-{N % keys}`. With
+//! `--poison-every K`, every K-th record (ids K-1, 2K-1, …) has `"type":"poison"`
+//! instead, for the partial-failures example (`examples/partial-failures`).
 //!
 //! Endpoint, region and credentials come only from the standard AWS provider
 //! chain, so the same binary talks to AWS or to a local emulator, e.g.
@@ -65,6 +67,10 @@ struct Args {
     /// Number of distinct partition keys (`key-0` … `key-{K-1}`).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     keys: u64,
+
+    /// Make every K-th record `"type":"poison"` (0: none).
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    poison_every: u64,
 }
 
 #[tokio::main]
@@ -89,7 +95,8 @@ async fn main() -> Result<()> {
     let mut batch: Vec<PutRecordsRequestEntry> = Vec::with_capacity(MAX_BATCH_RECORDS);
     let mut batch_bytes = 0usize;
     for id in 0..args.records {
-        let data = record_data(id, args.size);
+        let poison = args.poison_every > 0 && (id + 1) % args.poison_every == 0;
+        let data = record_data(id, if poison { "poison" } else { "order" }, args.size);
         let key = format!("key-{}", id % args.keys);
         let entry_bytes = data.len() + key.len();
         if batch.len() == MAX_BATCH_RECORDS || batch_bytes + entry_bytes > MAX_BATCH_BYTES {
@@ -119,11 +126,11 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// The JSON data of record `id`, padded to roughly `size` bytes.
-fn record_data(id: u64, size: usize) -> Vec<u8> {
-    let unpadded = serde_json::json!({ "id": id, "type": "order", "pad": "" }).to_string();
+/// The JSON data of record `id` of type `kind`, padded to roughly `size` bytes.
+fn record_data(id: u64, kind: &str, size: usize) -> Vec<u8> {
+    let unpadded = serde_json::json!({ "id": id, "type": kind, "pad": "" }).to_string();
     let pad = "x".repeat(size.saturating_sub(unpadded.len()));
-    serde_json::json!({ "id": id, "type": "order", "pad": pad })
+    serde_json::json!({ "id": id, "type": kind, "pad": pad })
         .to_string()
         .into_bytes()
 }
@@ -240,7 +247,7 @@ mod tests {
 
     #[test]
     fn record_data_is_json_padded_to_size() -> anyhow::Result<()> {
-        let data = record_data(7, 100);
+        let data = record_data(7, "order", 100);
         assert_eq!(data.len(), 100);
         let value: serde_json::Value = serde_json::from_slice(&data)?;
         assert_eq!(value["id"], 7);
@@ -250,9 +257,18 @@ mod tests {
 
     #[test]
     fn record_data_smaller_than_its_fields_is_unpadded() -> anyhow::Result<()> {
-        let value: serde_json::Value = serde_json::from_slice(&record_data(12345, 1))?;
+        let value: serde_json::Value = serde_json::from_slice(&record_data(12345, "order", 1))?;
         assert_eq!(value["id"], 12345);
         assert_eq!(value["pad"], "");
+        Ok(())
+    }
+
+    #[test]
+    fn poison_records_say_so() -> anyhow::Result<()> {
+        let data = record_data(9, "poison", 100);
+        assert_eq!(data.len(), 100);
+        let value: serde_json::Value = serde_json::from_slice(&data)?;
+        assert_eq!(value["type"], "poison");
         Ok(())
     }
 }

@@ -1,0 +1,9 @@
+//! `partial-failures-handler` as a Lambda function: deploy it to AWS Lambda, or have
+//! esm run it as a worker process (`[mapping.function] command = [...]`).
+
+use handler_sdk::{service_fn, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    handler_sdk::run(service_fn(partial_failures_handler::handle)).await
+}
