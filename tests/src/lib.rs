@@ -666,9 +666,10 @@ impl Esm {
     }
 }
 
-/// Processes now running whose executable or command line mentions `needle`
-/// (a binary's path, a script's name), by pid.
-pub fn processes_matching(needle: &str) -> Vec<u32> {
+/// Processes now running whose environment holds `key=value` (e.g. a worker's
+/// output path, unique to one test), by pid.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
     let mut pids = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return pids;
@@ -681,9 +682,11 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
         else {
             continue;
         };
-        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && pid != std::process::id() {
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
             pids.push(pid);
         }
     }

@@ -2,7 +2,7 @@
 //! `CreateEventSourceMapping` parameter names (in snake_case), ranges and
 //! defaults, and the combinations Lambda rejects.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -37,7 +37,41 @@ const MAPPING_KEYS: &[&str] = &[
 ];
 
 /// The keys a `[mapping.function]` table may have.
-const FUNCTION_KEYS: &[&str] = &["name", "command", "concurrency", "timeout_seconds"];
+const FUNCTION_KEYS: &[&str] = &[
+    "name",
+    "command",
+    "concurrency",
+    "timeout_seconds",
+    "memory_size",
+    "handler",
+    "environment",
+];
+
+/// The `[mapping.function]` keys that only a `command` function may have.
+const COMMAND_ONLY_KEYS: &[&str] = &["concurrency", "memory_size", "handler", "environment"];
+
+/// Lambda's default `MemorySize`, in MB.
+const DEFAULT_MEMORY_SIZE: u32 = 128;
+
+/// The environment variables esm sets for every worker, as Lambda does; like
+/// Lambda, `environment` may not override them. (`TZ` is set too, but Lambda
+/// lets a function override it, and so does esm.)
+const RESERVED_ENVIRONMENT: &[&str] = &[
+    "AWS_LAMBDA_RUNTIME_API",
+    "AWS_LAMBDA_FUNCTION_NAME",
+    "AWS_LAMBDA_FUNCTION_VERSION",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+    "AWS_LAMBDA_INITIALIZATION_TYPE",
+    "AWS_LAMBDA_LOG_GROUP_NAME",
+    "AWS_LAMBDA_LOG_STREAM_NAME",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "LAMBDA_TASK_ROOT",
+    "_HANDLER",
+];
+
+/// Lambda's limit on the total size of a function's environment variables.
+const MAX_ENVIRONMENT_BYTES: usize = 4096;
 
 /// Lambda's starting positions for Kinesis.
 const STARTING_POSITIONS: &[&str] = &["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"];
@@ -301,6 +335,9 @@ fn read_function(r: &Reader<'_>, sink: &mut Sink) -> Option<FunctionConfig> {
                 .int_in(sink, "timeout_seconds", 1..=900)
                 .map(seconds)
                 .unwrap_or(DEFAULT_FUNCTION_TIMEOUT);
+            let memory_size = f.int_in(sink, "memory_size", 128..=10_240);
+            let handler = f.non_empty_string(sink, "handler");
+            let environment = read_environment(&f, sink);
             match (f.has("name"), f.has("command")) {
                 (true, true) => {
                     f.table_problem(sink, "set either name or command, not both");
@@ -314,8 +351,10 @@ fn read_function(r: &Reader<'_>, sink: &mut Sink) -> Option<FunctionConfig> {
                     None
                 }
                 (true, false) => {
-                    if f.has("concurrency") {
-                        f.problem(sink, "concurrency", "only allowed with command");
+                    for key in COMMAND_ONLY_KEYS {
+                        if f.has(key) {
+                            f.problem(sink, key, "only allowed with command");
+                        }
                     }
                     name.map(|name| FunctionConfig::InProcess {
                         name: name.to_string(),
@@ -323,9 +362,14 @@ fn read_function(r: &Reader<'_>, sink: &mut Sink) -> Option<FunctionConfig> {
                     })
                 }
                 (false, true) => command.map(|command| FunctionConfig::Command {
+                    handler: handler.map_or_else(|| command[0].clone(), str::to_string),
                     command,
                     concurrency: concurrency.and_then(|c| u32::try_from(c).ok()).unwrap_or(1),
                     timeout,
+                    memory_size: memory_size
+                        .and_then(|m| u32::try_from(m).ok())
+                        .unwrap_or(DEFAULT_MEMORY_SIZE),
+                    environment,
                 }),
             }
         }
@@ -370,6 +414,70 @@ fn read_command(f: &Reader<'_>, sink: &mut Sink) -> Option<Vec<String>> {
         }
     }
     (command.len() == items.len()).then_some(command)
+}
+
+/// Reads `function.environment`: a table of string values whose names are
+/// valid for Lambda (`[a-zA-Z][a-zA-Z0-9_]+`), not set by esm itself, and
+/// within Lambda's 4 KB total. Invalid entries are left out.
+fn read_environment(f: &Reader<'_>, sink: &mut Sink) -> BTreeMap<String, String> {
+    let key = "environment";
+    let mut environment = BTreeMap::new();
+    let table = match f.value(key) {
+        None => return environment,
+        Some(Value::Table(table)) => table,
+        Some(other) => {
+            f.wrong_type(sink, key, "a table of strings", other);
+            return environment;
+        }
+    };
+    let anchor = f.anchor_of(key);
+    let path = f.path_of(key);
+    let mut total = 0;
+    for (name, value) in table {
+        let at_anchor = child_anchor(&anchor, name);
+        let at_path = format!("{path}.{name}");
+        if !is_environment_name(name) {
+            sink.push(
+                &at_anchor,
+                &at_path,
+                "not a valid environment variable name (a letter, then one or more of A-Z a-z 0-9 _)",
+            );
+        } else if RESERVED_ENVIRONMENT.contains(&name.as_str()) {
+            sink.push(
+                &at_anchor,
+                &at_path,
+                "reserved: esm sets it for every worker, as Lambda does",
+            );
+        } else {
+            match value {
+                Value::String(v) => {
+                    total += name.len() + v.len();
+                    environment.insert(name.clone(), v.clone());
+                }
+                other => sink.push(
+                    &at_anchor,
+                    &at_path,
+                    format!("expected a string, found {}", describe(other)),
+                ),
+            }
+        }
+    }
+    if total > MAX_ENVIRONMENT_BYTES {
+        f.problem(
+            sink,
+            key,
+            format!("{total} bytes of names and values, at most {MAX_ENVIRONMENT_BYTES} are allowed (Lambda's limit)"),
+        );
+    }
+    environment
+}
+
+/// Whether `name` is an environment variable name Lambda accepts.
+fn is_environment_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && name.len() >= 2
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Records a problem about element `i` of the array at `key`.

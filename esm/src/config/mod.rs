@@ -31,6 +31,7 @@ mod walk;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -180,6 +181,16 @@ pub enum FunctionConfig {
         concurrency: u32,
         /// Invocation timeout (`timeout_seconds`, 1..=900, default 3).
         timeout: Duration,
+        /// Lambda's `MemorySize` in MB (`memory_size`, 128..=10240, default
+        /// 128). Only reported to the worker, in
+        /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`; esm sets no memory limit.
+        memory_size: u32,
+        /// The handler, given to the worker as `_HANDLER` (`handler`,
+        /// default the command's first element).
+        handler: String,
+        /// Variables added to the worker's environment (`environment`, a
+        /// table of strings), like Lambda's `Environment.Variables`.
+        environment: BTreeMap<String, String>,
     },
 }
 

@@ -4,7 +4,7 @@
 
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
-use super::{Config, FunctionConfig, StoreConfig};
+use super::{Config, StoreConfig};
 
 /// Problems for every setting in `config` that esm does not support yet,
 /// as `PATH: not supported yet: KEY = VALUE (why)`.
@@ -47,15 +47,6 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
                 "event_source_arn",
                 quote(&m.event_source.arn),
                 "enhanced fan-out is not built yet; use the stream ARN",
-            );
-        }
-        if let FunctionConfig::Command { command, .. } = &m.function {
-            let shown: Vec<String> = command.iter().map(|c| quote(c)).collect();
-            unsupported(
-                at("function.command"),
-                "command",
-                format!("[{}]", shown.join(", ")),
-                "Runtime API worker processes are not built yet; use an in-process handler",
             );
         }
         if m.parallelization_factor > 1 {

@@ -1,5 +1,6 @@
 //! Tests of reading and checking config files.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -226,6 +227,9 @@ shard_discovery_interval_seconds = 60
 command = ["./orders-handler", "--fast"]
 concurrency = 4
 timeout_seconds = 60
+memory_size = 1024
+handler = "orders.handle"
+environment = { LOG_LEVEL = "debug", TZ = "Europe/Paris" }
 
 [mapping.destination_config.on_failure]
 destination = "arn:aws:sqs:eu-west-1:123456789012:orders-failures"
@@ -270,7 +274,13 @@ fn every_setting_is_read() {
         FunctionConfig::Command {
             command: vec!["./orders-handler".to_string(), "--fast".to_string()],
             concurrency: 4,
-            timeout: Duration::from_secs(60)
+            timeout: Duration::from_secs(60),
+            memory_size: 1024,
+            handler: "orders.handle".to_string(),
+            environment: [("LOG_LEVEL", "debug"), ("TZ", "Europe/Paris")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     );
     assert!(!m.enabled);
@@ -324,7 +334,6 @@ fn unsupported_settings_are_each_one_problem() {
             "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
             "server: not supported yet: [server] listen = \"0.0.0.0:9100\" (the metrics and health server is not built yet; remove [server])",
             "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
-            "mapping[orders].function.command: not supported yet: command = [\"./orders-handler\", \"--fast\"] (Runtime API worker processes are not built yet; use an in-process handler)",
             "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 4 (each shard is read by one batch at a time for now)",
             "mapping[orders].maximum_retry_attempts: not supported yet: maximum_retry_attempts = 3 (failed batches are retried until they succeed for now)",
             "mapping[orders].maximum_record_age_in_seconds: not supported yet: maximum_record_age_in_seconds = 3600 (records are invoked whatever their age for now)",
@@ -595,6 +604,114 @@ fn function_concurrency_bounds() {
             )]
         );
     }
+}
+
+#[test]
+fn function_memory_size_bounds() {
+    for good in ["128", "10240"] {
+        let (config, problems) = validation(&with_function_table(&format!(
+            "command = [\"./h\"]\nmemory_size = {good}"
+        )));
+        assert!(problems.is_empty(), "{problems:?}");
+        let FunctionConfig::Command { memory_size, .. } = &config.mappings[0].function else {
+            panic!("not a command");
+        };
+        assert_eq!(memory_size.to_string(), good);
+    }
+    for bad in ["127", "10241"] {
+        assert_eq!(
+            validation_problems(&with_function_table(&format!(
+                "command = [\"./h\"]\nmemory_size = {bad}"
+            ))),
+            vec![format!(
+                "mapping[orders].function.memory_size: {bad} is out of range 128..=10240"
+            )]
+        );
+    }
+}
+
+#[test]
+fn function_handler_defaults_to_the_program() {
+    let handler = |body: &str| match validation(&with_function_table(body)) {
+        (config, problems) if problems.is_empty() => match &config.mappings[0].function {
+            FunctionConfig::Command { handler, .. } => handler.clone(),
+            other => panic!("not a command: {other:?}"),
+        },
+        (_, problems) => panic!("{problems:?}"),
+    };
+    assert_eq!(
+        handler("command = [\"python3\", \"-m\", \"awslambdaric\"]"),
+        "python3"
+    );
+    assert_eq!(
+        handler("command = [\"./h\"]\nhandler = \"app.handler\""),
+        "app.handler"
+    );
+    assert_eq!(
+        validation_problems(&with_function_table("command = [\"./h\"]\nhandler = \"\"")),
+        vec!["mapping[orders].function.handler: must not be empty"]
+    );
+}
+
+#[test]
+fn function_environment_is_a_table_of_strings_with_lambdas_names() {
+    let (config, problems) = validation(&with_function_table(
+        "command = [\"./h\"]\n[mapping.function.environment]\nSTAGE = \"test\"\nx1 = \"\"",
+    ));
+    assert!(problems.is_empty(), "{problems:?}");
+    let FunctionConfig::Command { environment, .. } = &config.mappings[0].function else {
+        panic!("not a command");
+    };
+    assert_eq!(
+        environment.iter().collect::<Vec<_>>(),
+        [
+            (&"STAGE".to_string(), &"test".to_string()),
+            (&"x1".to_string(), &String::new())
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_function_table(
+            "command = [\"./h\"]\nenvironment = { A = \"x\", B1 = 3, 9X = \"y\", AWS_REGION = \"eu-west-1\", _HANDLER = \"h\" }"
+        )),
+        vec![
+            "mapping[orders].function.environment.A: not a valid environment variable name (a letter, then one or more of A-Z a-z 0-9 _)",
+            "mapping[orders].function.environment.B1: expected a string, found integer 3",
+            "mapping[orders].function.environment.9X: not a valid environment variable name (a letter, then one or more of A-Z a-z 0-9 _)",
+            "mapping[orders].function.environment.AWS_REGION: reserved: esm sets it for every worker, as Lambda does",
+            "mapping[orders].function.environment._HANDLER: not a valid environment variable name (a letter, then one or more of A-Z a-z 0-9 _)",
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_function_table(
+            "command = [\"./h\"]\nenvironment = [\"A=b\"]"
+        )),
+        vec![
+            "mapping[orders].function.environment: expected a table of strings, found array [\"A=b\"]"
+        ]
+    );
+    let big = "x".repeat(4095);
+    assert_eq!(
+        validation_problems(&with_function_table(&format!(
+            "command = [\"./h\"]\nenvironment = {{ BIG = \"{big}\" }}"
+        ))),
+        vec![
+            "mapping[orders].function.environment: 4098 bytes of names and values, at most 4096 are allowed (Lambda's limit)"
+        ]
+    );
+}
+
+#[test]
+fn command_keys_are_not_allowed_with_an_in_process_handler() {
+    assert_eq!(
+        validation_problems(&with_function_table(
+            "name = \"echo\"\nmemory_size = 256\nhandler = \"h\"\nenvironment = { A1 = \"b\" }"
+        )),
+        vec![
+            "mapping[orders].function.memory_size: only allowed with command",
+            "mapping[orders].function.handler: only allowed with command",
+            "mapping[orders].function.environment: only allowed with command",
+        ]
+    );
 }
 
 #[test]
@@ -954,7 +1071,10 @@ fn function_commands_and_names() {
         FunctionConfig::Command {
             command: vec!["./h".to_string()],
             concurrency: 1,
-            timeout: Duration::from_secs(3)
+            timeout: Duration::from_secs(3),
+            memory_size: 128,
+            handler: "./h".to_string(),
+            environment: BTreeMap::new(),
         }
     );
 }
@@ -994,7 +1114,7 @@ fn server_listen() {
 #[test]
 fn problems_come_in_file_order_then_unsupported() {
     let text = format!(
-        "{}\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
+        "{}\nparallelization_factor = 2\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
         BASE.replace("function = \"echo\"\n", "")
     );
     assert_eq!(
@@ -1003,7 +1123,7 @@ fn problems_come_in_file_order_then_unsupported() {
             "shutdown_timeout_seconds: -5 is out of range 0..=3600",
             "mapping[orders].zzz: unknown key",
             "mapping[orders].batch_size: 0 is out of range 1..=10000",
-            "mapping[orders].function.command: not supported yet: command = [\"./h\"] (Runtime API worker processes are not built yet; use an in-process handler)",
+            "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 2 (each shard is read by one batch at a time for now)",
         ]
     );
 }

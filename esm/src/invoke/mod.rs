@@ -1,12 +1,14 @@
 //! Invoking the function: hand it an event, get an [`Outcome`] back.
 //!
 //! The [`Invoker`] trait is the seam between the shard runner and the ways a function
-//! can run: linked into the process ([`in_process`]), or (next) as worker processes
-//! speaking the Lambda Runtime API. Every invoker receives the same event bytes Lambda
-//! would send and reports the same four kinds of ending (a response, a function error,
-//! a timeout, a crash) or says the batch could not be invoked at all.
+//! can run: linked into the process ([`in_process`]), or as worker processes
+//! speaking the Lambda Runtime API ([`runtime_api`]). Every invoker receives the same
+//! event bytes Lambda would send and reports the same four kinds of ending (a
+//! response, a function error, a timeout, a crash) or says the batch could not be
+//! invoked at all.
 
 pub mod in_process;
+pub mod runtime_api;
 
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +17,7 @@ use futures::future::BoxFuture;
 
 pub use crate::core::failure::Outcome;
 pub use in_process::Registry;
+pub use runtime_api::{RuntimeApiInvoker, WorkerSettings};
 
 /// One invocation request.
 #[derive(Clone, Debug)]

@@ -1,5 +1,8 @@
-//! The process: open the store, start every enabled mapping, stop on a signal.
+//! The process: open the store, start every enabled mapping (and the worker
+//! processes of those that run a command), stop on a signal: mappings first, so
+//! that in-flight invocations finish, then the workers.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
@@ -7,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{mapping, MappingContext, MappingSpec};
 use crate::config::{Config, FunctionConfig, MappingConfig, Problem, StoreConfig};
-use crate::invoke::{Invoker, Registry};
+use crate::invoke::{Invoker, Registry, RuntimeApiInvoker, WorkerSettings};
 use crate::metrics::MappingMetrics;
 use crate::store::local::LocalStore;
 use crate::store::{CheckpointStore, StoreError};
@@ -34,38 +37,145 @@ pub enum RunError {
     },
 }
 
-/// The problems `run` would hit resolving each enabled mapping's function in this
-/// binary. `esm validate` reports them too.
+/// The problems `run` would hit resolving each mapping's function in this binary:
+/// an in-process handler that is not registered, a command whose program does not
+/// exist. `esm validate` reports them too.
 pub fn check_functions(config: &Config, registry: &Registry) -> Vec<Problem> {
     config
         .mappings
         .iter()
-        .filter_map(|m| resolve_invoker(m, registry).err())
+        .filter_map(|m| check_function(m, registry).err())
         .collect()
 }
 
-fn resolve_invoker(m: &MappingConfig, registry: &Registry) -> Result<Arc<dyn Invoker>, Problem> {
+/// Checks that `m`'s function can be resolved, without starting anything.
+fn check_function(m: &MappingConfig, registry: &Registry) -> Result<(), Problem> {
+    match &m.function {
+        FunctionConfig::InProcess { name, .. } if registry.contains(name) => Ok(()),
+        FunctionConfig::InProcess { name, .. } => Err(Problem {
+            path: format!("mapping[{}].function", m.name),
+            message: if registry.names().is_empty() {
+                format!(
+                    "no in-process handler named {name:?}: this binary has none (link your handler with the esm library and register it, see the README)"
+                )
+            } else {
+                format!(
+                    "no in-process handler named {name:?} in this binary (it has: {})",
+                    registry.names().join(", ")
+                )
+            },
+        }),
+        FunctionConfig::Command { command, .. } => match command.first() {
+            Some(program) => find_program(program).map(|_| ()),
+            None => Err("must not be empty".to_string()),
+        }
+        .map_err(|message| Problem {
+            path: format!("mapping[{}].function.command", m.name),
+            message,
+        }),
+    }
+}
+
+/// Where `program` is, as the worker processes will run it: a path with a `/`
+/// as given (relative to esm's working directory), else the first match on `PATH`.
+fn find_program(program: &str) -> Result<PathBuf, String> {
+    let is_executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|meta| {
+            #[cfg(unix)]
+            let runnable =
+                std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0;
+            #[cfg(not(unix))]
+            let runnable = true;
+            meta.is_file() && runnable
+        })
+    };
+    if program.contains('/') {
+        let path = Path::new(program);
+        return if is_executable(path) {
+            Ok(path.to_path_buf())
+        } else if path.exists() {
+            Err(format!("{program:?} is not an executable file"))
+        } else {
+            Err(format!("{program:?} not found"))
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| is_executable(path))
+        .ok_or_else(|| format!("{program:?} not found on PATH"))
+}
+
+/// The worker pools `run` started, and the token that stops them.
+#[derive(Default)]
+struct Workers {
+    shutdown: CancellationToken,
+    pools: Vec<RuntimeApiInvoker>,
+}
+
+impl Workers {
+    /// Terminates every worker process and waits until all are gone.
+    async fn stop(self) {
+        if self.pools.is_empty() {
+            return;
+        }
+        tracing::info!("stopping Runtime API workers");
+        self.shutdown.cancel();
+        for pool in &self.pools {
+            pool.stopped().await;
+        }
+    }
+}
+
+/// The invoker for `m`'s function: its registered in-process handler, or a pool of
+/// worker processes, started here and recorded in `workers` to be stopped with them.
+fn resolve_invoker(
+    m: &MappingConfig,
+    spec: &MappingSpec,
+    registry: &Registry,
+    workers: &mut Workers,
+) -> Result<Arc<dyn Invoker>, Problem> {
+    check_function(m, registry)?;
     match &m.function {
         FunctionConfig::InProcess { name, .. } => match registry.invoker(name) {
             Some(invoker) => Ok(Arc::new(invoker)),
             None => Err(Problem {
                 path: format!("mapping[{}].function", m.name),
-                message: if registry.names().is_empty() {
-                    format!(
-                        "no in-process handler named {name:?}: this binary has none (link your handler with the esm library and register it, see the README)"
-                    )
-                } else {
-                    format!(
-                        "no in-process handler named {name:?} in this binary (it has: {})",
-                        registry.names().join(", ")
-                    )
-                },
+                message: format!("no in-process handler named {name:?}"),
             }),
         },
-        FunctionConfig::Command { .. } => Err(Problem {
-            path: format!("mapping[{}].function.command", m.name),
-            message: "not supported yet: Runtime API worker processes".into(),
-        }),
+        FunctionConfig::Command {
+            command,
+            concurrency,
+            timeout,
+            memory_size,
+            handler,
+            environment,
+        } => {
+            let settings = WorkerSettings {
+                mapping: m.name.clone(),
+                // The last part of `arn:…:function:NAME`.
+                function_name: spec
+                    .function_arn
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or(&m.name)
+                    .to_string(),
+                region: spec.region.clone(),
+                command: command.clone(),
+                concurrency: *concurrency,
+                timeout: *timeout,
+                memory_size: *memory_size,
+                handler: handler.clone(),
+                environment: environment.clone(),
+                task_root: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+                accept_timeout: WorkerSettings::accept_timeout_for(*timeout),
+            };
+            let pool = RuntimeApiInvoker::start(settings, workers.shutdown.child_token());
+            workers.pools.push(pool.clone());
+            Ok(Arc::new(pool))
+        }
     }
 }
 
@@ -94,10 +204,20 @@ pub async fn run(
 
     let mut mappings = JoinSet::new();
     let mapping_cancel = CancellationToken::new();
+    let mut workers = Workers::default();
     for m in config.mappings.iter().filter(|m| m.enabled) {
-        let invoker =
-            resolve_invoker(m, &registry).map_err(|p| RunError::Config { problems: vec![p] })?;
         let spec = MappingSpec::from_config(m);
+        let invoker = match resolve_invoker(m, &spec, &registry, &mut workers) {
+            Ok(invoker) => invoker,
+            Err(problem) => {
+                mapping_cancel.cancel();
+                mappings.abort_all();
+                workers.stop().await;
+                return Err(RunError::Config {
+                    problems: vec![problem],
+                });
+            }
+        };
         let client = crate::source::kinesis::client(&spec.region).await;
         let ctx = Arc::new(MappingContext {
             spec,
@@ -134,12 +254,74 @@ pub async fn run(
     if drained.is_err() {
         tracing::warn!(timeout = ?config.shutdown_timeout, "shutdown timeout passed; abandoning in-flight invocations (their records will be read again)");
         mappings.abort_all();
+        while mappings.join_next().await.is_some() {}
     }
+    // Only now, with no invocation left in flight, do the worker processes go.
+    workers.stop().await;
     match failure {
         Some(e) => Err(e),
         None => {
             tracing::info!("stopped");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(function: &str) -> Config {
+        let text = format!(
+            "[[mapping]]\nname = \"orders\"\n\
+             event_source_arn = \"arn:aws:kinesis:us-east-1:000000000000:stream/orders\"\n\
+             starting_position = \"TRIM_HORIZON\"\n{function}\n"
+        );
+        match crate::config::parse(&text) {
+            Ok(config) => config,
+            Err(problems) => panic!("{problems}"),
+        }
+    }
+
+    fn problems(function: &str) -> Vec<String> {
+        check_functions(&config(function), &Registry::new())
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn a_commands_program_must_exist() {
+        assert_eq!(
+            problems("[mapping.function]\ncommand = [\"./nope\"]"),
+            ["mapping[orders].function.command: \"./nope\" not found"]
+        );
+        assert_eq!(
+            problems("[mapping.function]\ncommand = [\"no-such-program-esm-test\"]"),
+            ["mapping[orders].function.command: \"no-such-program-esm-test\" not found on PATH"]
+        );
+        assert!(problems("[mapping.function]\ncommand = [\"sh\", \"-c\", \"exit 0\"]").is_empty());
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let plain = dir.path().join("not-executable");
+        std::fs::write(&plain, "").expect("a file");
+        let command = format!(
+            "[mapping.function]\ncommand = [{:?}]",
+            plain.display().to_string()
+        );
+        assert_eq!(
+            problems(&command),
+            [format!(
+                "mapping[orders].function.command: {:?} is not an executable file",
+                plain.display().to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn an_in_process_handler_must_be_registered() {
+        assert_eq!(
+            problems("function = \"echo\""),
+            ["mapping[orders].function: no in-process handler named \"echo\": this binary has none (link your handler with the esm library and register it, see the README)"]
+        );
     }
 }

@@ -59,7 +59,8 @@ async fn handle(event: LambdaEvent<KinesisEvent>) -> Result<(), Error> {
         .create(true)
         .append(true)
         .open(path)?;
-    writeln!(file, "{line}")?;
+    // One write of the whole line: workers append to one file concurrently.
+    file.write_all(format!("{line}\n").as_bytes())?;
     Ok(())
 }
 
