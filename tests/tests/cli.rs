@@ -73,3 +73,28 @@ fn validate_reports_the_same_problems_as_the_plain_binary() {
         expected.lines().collect::<Vec<_>>()
     );
 }
+
+/// Every example's `esm.toml` is valid for that example's own esm binary.
+#[test]
+fn every_example_config_validates_with_its_binary() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (dir, bin) in [
+        ("echo", "esm-echo"),
+        ("partial-failures", "esm-partial-failures"),
+        ("tumbling-window", "esm-tumbling-window"),
+    ] {
+        let out = Command::new(bin_path(bin))
+            .arg("validate")
+            .arg("--config")
+            .arg(examples.join(dir).join("esm.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the example's esm binary");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{dir}/esm.toml with {bin}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
