@@ -228,3 +228,35 @@ async fn a_python_init_error_is_reported_and_retried() {
         "the init error's message is not in esm's log:\n{log}"
     );
 }
+
+/// A handler-sdk example binary (`echo-handler`, `handler_sdk::run`) runs as a
+/// worker too: its log lines name every record it received.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_handler_sdk_binary_runs_as_a_worker() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "rapi-sdk", 1).await;
+    let put = put_records(&client, &stream, 0, 60, 50, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bin_path("echo-handler").display().to_string();
+    let config = write_config_function(
+        dir.path(),
+        "rapi-sdk",
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "batch_size = 25\n",
+        &function_toml(&[&bin], 1, 5, &[("RUST_LOG", "info")]),
+    );
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    wait_for_log(
+        &mut esm,
+        Duration::from_secs(60),
+        "every record in the worker's log",
+        |log| put.iter().all(|r| log.contains(&r.seq)),
+    );
+    let log = esm.log_text();
+    assert!(esm.terminate(Duration::from_secs(30)).success());
+    assert!(
+        !log.contains("the batch will be retried"),
+        "a batch failed:\n{log}"
+    );
+}
