@@ -43,6 +43,20 @@ fn run(mut cmd: Command) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// `esm ARGS`, run to its end (see [`run`]).
+fn esm_args(args: &[&str]) -> Output {
+    let mut cmd = esm();
+    cmd.args(args);
+    run(cmd)
+}
+
+/// `esm validate --config CONFIG`, run to its end.
+fn validate(config: &Path) -> Output {
+    let mut cmd = esm();
+    cmd.arg("validate").arg("--config").arg(config);
+    run(cmd)
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -54,11 +68,7 @@ fn stderr(out: &Output) -> String {
 #[test]
 fn validate_prints_one_line_per_problem_and_exits_2() {
     let expected = std::fs::read_to_string(fixture("five-mistakes.expected")).unwrap();
-    let mut cmd = esm();
-    cmd.arg("validate")
-        .arg("--config")
-        .arg(fixture("five-mistakes.toml"));
-    let out = run(cmd);
+    let out = validate(&fixture("five-mistakes.toml"));
     assert_eq!(out.status.code(), Some(2), "stderr:\n{}", stderr(&out));
     assert_eq!(
         stdout(&out).lines().collect::<Vec<_>>(),
@@ -68,11 +78,7 @@ fn validate_prints_one_line_per_problem_and_exits_2() {
 
 #[test]
 fn validate_reports_a_function_this_binary_does_not_have() {
-    let mut cmd = esm();
-    cmd.arg("validate")
-        .arg("--config")
-        .arg(fixture("valid.toml"));
-    let out = run(cmd);
+    let out = validate(&fixture("valid.toml"));
     assert_eq!(out.status.code(), Some(2), "stderr:\n{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
@@ -87,11 +93,7 @@ fn validate_reports_a_function_this_binary_does_not_have() {
 #[test]
 fn validate_on_a_missing_file_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = esm();
-    cmd.arg("validate")
-        .arg("--config")
-        .arg(dir.path().join("nope.toml"));
-    let out = run(cmd);
+    let out = validate(&dir.path().join("nope.toml"));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stdout(&out).contains("nope.toml"),
@@ -109,19 +111,23 @@ fn config_in_tempdir(name: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-#[test]
-fn run_on_a_bad_config_exits_2_and_starts_nothing() {
-    let (dir, config) = config_in_tempdir("five-mistakes.toml");
+/// `esm run --config CONFIG` in `dir`, run to its end. Nothing may be contacted; an
+/// unreachable endpoint would show up as a hang or errors rather than a clean exit 2.
+fn run_config(dir: &Path, config: &Path) -> Output {
     let mut cmd = esm();
     cmd.arg("run")
         .arg("--config")
-        .arg(&config)
-        .current_dir(dir.path())
-        // Nothing may be contacted; an unreachable endpoint would show up as a hang or
-        // errors rather than a clean exit 2.
+        .arg(config)
+        .current_dir(dir)
         .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
         .env("AWS_REGION", "us-east-1");
-    let out = run(cmd);
+    run(cmd)
+}
+
+#[test]
+fn run_on_a_bad_config_exits_2_and_starts_nothing() {
+    let (dir, config) = config_in_tempdir("five-mistakes.toml");
+    let out = run_config(dir.path(), &config);
     assert_eq!(out.status.code(), Some(2), "stderr:\n{}", stderr(&out));
     let expected = std::fs::read_to_string(fixture("five-mistakes.expected")).unwrap();
     let err = stderr(&out);
@@ -137,14 +143,7 @@ fn run_on_a_bad_config_exits_2_and_starts_nothing() {
 #[test]
 fn run_without_the_named_handler_exits_2_and_starts_nothing() {
     let (dir, config) = config_in_tempdir("valid.toml");
-    let mut cmd = esm();
-    cmd.arg("run")
-        .arg("--config")
-        .arg(&config)
-        .current_dir(dir.path())
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_REGION", "us-east-1");
-    let out = run(cmd);
+    let out = run_config(dir.path(), &config);
     assert_eq!(out.status.code(), Some(2), "stderr:\n{}", stderr(&out));
     assert!(
         stderr(&out).contains("mapping[orders].function: no in-process handler named \"echo\""),
@@ -159,9 +158,7 @@ fn run_without_the_named_handler_exits_2_and_starts_nothing() {
 
 #[test]
 fn version_exits_0_and_names_the_version() {
-    let mut cmd = esm();
-    cmd.arg("--version");
-    let out = run(cmd);
+    let out = esm_args(&["--version"]);
     assert_eq!(out.status.code(), Some(0), "stderr:\n{}", stderr(&out));
     assert!(
         stdout(&out).contains(env!("CARGO_PKG_VERSION")),
@@ -173,9 +170,7 @@ fn version_exits_0_and_names_the_version() {
 #[test]
 fn help_exits_0_and_lists_the_commands() {
     for args in [&["help"][..], &["--help"][..]] {
-        let mut cmd = esm();
-        cmd.args(args);
-        let out = run(cmd);
+        let out = esm_args(args);
         assert_eq!(out.status.code(), Some(0), "esm {args:?}: {}", stderr(&out));
         let text = stdout(&out);
         for command in ["run", "validate"] {
@@ -195,9 +190,7 @@ fn bad_arguments_exit_2() {
         &["validate"][..],
         &["run", "--config"][..],
     ] {
-        let mut cmd = esm();
-        cmd.args(args);
-        let out = run(cmd);
+        let out = esm_args(args);
         assert_eq!(out.status.code(), Some(2), "esm {args:?}: {}", stderr(&out));
     }
 }

@@ -68,6 +68,11 @@ pub async fn kinesis() -> Client {
             || std::env::var("AWS_ENDPOINT_URL").is_ok(),
         "no emulator endpoint: run the tests with scripts/test"
     );
+    client_from_env().await
+}
+
+/// A Kinesis client from the standard AWS environment, in [`REGION`].
+async fn client_from_env() -> Client {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
         .load()
@@ -140,14 +145,7 @@ pub async fn put_records(
     while n < first + count {
         let chunk_end = (n + 500).min(first + count);
         let mut entries: Vec<(String, Vec<u8>)> = (n..chunk_end)
-            .map(|i| {
-                let mut data = format!("{{\"n\":{i},\"pad\":\"");
-                while data.len() + 2 < size {
-                    data.push('x');
-                }
-                data.push_str("\"}");
-                (format!("key-{}", i % keys.max(1)), data.into_bytes())
-            })
+            .map(|i| (format!("key-{}", i % keys.max(1)), record_payload(i, size)))
             .collect();
         // Retry entries the emulator failed, keeping their order.
         let mut attempts = 0;
@@ -284,6 +282,19 @@ impl Esm {
         Self::start_with_out(dir, config, &dir.join("out.jsonl"), env)
     }
 
+    /// Writes a config for one mapping of `stream` into `dir` ([`write_config`], with
+    /// `extra`) and starts esm on it ([`Esm::start`], with `env`).
+    pub fn start_mapping(
+        dir: &Path,
+        mapping: &str,
+        stream: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let config = write_config(dir, mapping, stream, extra);
+        Self::start(dir, &config, env)
+    }
+
     /// Like [`Esm::start`], recording to `out` (e.g. one file per run of a restart
     /// test). The log goes to a fresh file in `dir`.
     pub fn start_with_out(dir: &Path, config: &Path, out: &Path, env: &[(&str, &str)]) -> Self {
@@ -326,20 +337,16 @@ impl Esm {
     pub fn terminate(mut self, timeout: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "esm did not exit within {timeout:?} of SIGTERM; log: {}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_status(timeout, " of SIGTERM")
+    }
+
+    /// Sends SIGTERM, asserts that esm exited successfully within `timeout`, and
+    /// returns every batch it recorded.
+    pub fn stop(self, timeout: Duration) -> Vec<BatchLine> {
+        let out = self.out.clone();
+        let status = self.terminate(timeout);
+        assert!(status.success(), "esm exited with {status}");
+        read_batches(&out)
     }
 
     /// The process's logs so far.
@@ -350,6 +357,13 @@ impl Esm {
     /// Waits (up to `timeout`) for the process to exit by itself; panics with the logs
     /// if it does not.
     pub fn wait_exit(mut self, timeout: Duration) -> ExitStatus {
+        self.wait_status(timeout, "")
+    }
+
+    /// Waits (up to `timeout`) for the exit status; if the process is still running
+    /// then, kills it and panics with the logs (`since` follows the timeout in the
+    /// message, e.g. " of SIGTERM").
+    fn wait_status(&mut self, timeout: Duration, since: &str) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -358,7 +372,7 @@ impl Esm {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 panic!(
-                    "esm did not exit within {timeout:?}; log: {}",
+                    "esm did not exit within {timeout:?}{since}; log: {}",
                     self.log_text()
                 );
             }
@@ -396,7 +410,7 @@ pub fn read_batches(path: &Path) -> Vec<BatchLine> {
 
 /// How many records the recorder has seen.
 pub fn records_seen(path: &Path) -> usize {
-    read_batches(path).iter().map(|b| b.records.len()).sum()
+    count_records(&read_batches(path))
 }
 
 /// Waits until `done(batches)` holds, checking that `esm` is still running; panics
@@ -415,7 +429,7 @@ pub fn wait_for(
         }
         esm.assert_running();
         if Instant::now() > deadline {
-            let seen: usize = batches.iter().map(|b| b.records.len()).sum();
+            let seen = count_records(&batches);
             panic!(
                 "timed out waiting for {what} ({seen} records seen); log:\n{}",
                 esm.log_text()
@@ -524,6 +538,27 @@ pub fn expected_by_shard(put: &[PutRecord]) -> BTreeMap<String, Vec<String>> {
         seqs.sort_by(|a, b| seq_cmp(a, b));
     }
     expected
+}
+
+/// The sequence numbers of every record in `batches`, in the order they arrived.
+pub fn seqs<'a>(batches: impl IntoIterator<Item = &'a BatchLine>) -> impl Iterator<Item = &'a str> {
+    batches
+        .into_iter()
+        .flat_map(|b| b.records.iter().map(|r| r.seq.as_str()))
+}
+
+/// Asserts that every shard of `seen` holds exactly its records of `expected`, in
+/// sequence order, once each.
+pub fn assert_each_shard_as_put(
+    seen: &BTreeMap<String, Vec<String>>,
+    expected: &BTreeMap<String, Vec<String>>,
+) {
+    for (shard, seqs) in seen {
+        assert_eq!(
+            seqs, &expected[shard],
+            "shard {shard}: records missing, repeated or out of order"
+        );
+    }
 }
 
 /// How many records `batches` hold (repeats counted).
@@ -639,11 +674,7 @@ impl Drop for TestStream {
                 return;
             };
             runtime.block_on(async move {
-                let config = aws_config::defaults(BehaviorVersion::latest())
-                    .region(aws_config::Region::new(REGION))
-                    .load()
-                    .await;
-                let client = Client::new(&config);
+                let client = client_from_env().await;
                 let _ = tokio::time::timeout(
                     Duration::from_secs(10),
                     client

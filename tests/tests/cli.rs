@@ -14,13 +14,18 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn validate(config: &Path) -> Output {
-    Command::new(bin_path("esm-echo"))
+    validate_with("esm-echo", config, "run esm-echo")
+}
+
+/// `BIN validate --config CONFIG`; `running` is the message if it cannot be run.
+fn validate_with(bin: &str, config: &Path, running: &str) -> Output {
+    Command::new(bin_path(bin))
         .arg("validate")
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
         .output()
-        .expect("run esm-echo")
+        .expect(running)
 }
 
 #[test]
@@ -83,13 +88,11 @@ fn every_example_config_validates_with_its_binary() {
         ("partial-failures", "esm-partial-failures"),
         ("tumbling-window", "esm-tumbling-window"),
     ] {
-        let out = Command::new(bin_path(bin))
-            .arg("validate")
-            .arg("--config")
-            .arg(examples.join(dir).join("esm.toml"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the example's esm binary");
+        let out = validate_with(
+            bin,
+            &examples.join(dir).join("esm.toml"),
+            "run the example's esm binary",
+        );
         assert_eq!(
             out.status.code(),
             Some(0),

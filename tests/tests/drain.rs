@@ -14,49 +14,30 @@ async fn every_record_arrives_in_order_in_bounded_batches() {
     assert_eq!(put.len(), 10_000);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let mut esm = Esm::start_mapping(
         dir.path(),
         "drain",
         &stream,
         "batch_size = 250\nmaximum_batching_window_in_seconds = 1\n",
+        &[],
     );
-    let mut esm = Esm::start(dir.path(), &config, &[]);
     wait_for(
         &mut esm,
         Duration::from_secs(120),
         "all 10,000 records",
-        |b| b.iter().map(|b| b.records.len()).sum::<usize>() >= 10_000,
+        |b| count_records(b) >= 10_000,
     );
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
+    let batches = esm.stop(Duration::from_secs(30));
 
-    let batches = read_batches(&dir.path().join("out.jsonl"));
     // Exactly the records put, each once, each from the shard Kinesis put it in.
     let seen = seen_by_shard(&batches);
-    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for r in &put {
-        expected
-            .entry(r.shard.clone())
-            .or_default()
-            .push(r.seq.clone());
-    }
-    for seqs in expected.values_mut() {
-        seqs.sort_by(|a, b| seq_cmp(a, b));
-    }
+    let expected = expected_by_shard(&put);
     assert_eq!(
         seen.keys().collect::<Vec<_>>(),
         expected.keys().collect::<Vec<_>>()
     );
-    for (shard, seqs) in &seen {
-        assert_eq!(
-            seqs, &expected[shard],
-            "shard {shard}: records missing, repeated or out of order"
-        );
-    }
-    let unique: HashSet<&str> = batches
-        .iter()
-        .flat_map(|b| b.records.iter().map(|r| r.seq.as_str()))
-        .collect();
+    assert_each_shard_as_put(&seen, &expected);
+    let unique: HashSet<&str> = seqs(&batches).collect();
     assert_eq!(unique.len(), 10_000);
 
     // Batches: never above batch_size; with a 1 s window and all records already in

@@ -28,18 +28,19 @@ async fn throttling_and_expired_iterators_lose_nothing() {
     // With pages of at most 25 records, each shard takes dozens of calls, so the
     // faults land mid-shard: a fresh iterator must start right after the last record.
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "faults", &stream, "batch_size = 50\n");
     let url = proxy.url();
-    let mut esm = Esm::start(
+    let mut esm = Esm::start_mapping(
         dir.path(),
-        &config,
+        "faults",
+        &stream,
+        "batch_size = 50\n",
         &[("AWS_ENDPOINT_URL_KINESIS", url.as_str())],
     );
     wait_for(
         &mut esm,
         Duration::from_secs(90),
         "all 1,000 records",
-        |b| b.iter().map(|b| b.records.len()).sum::<usize>() >= 1_000,
+        |b| count_records(b) >= 1_000,
     );
     // Keep polling through more faults for a moment: caught-up polls are throttled
     // and expired too, and must not cause re-delivery.
@@ -66,13 +67,9 @@ async fn throttling_and_expired_iterators_lose_nothing() {
     );
 
     let seen = seen_by_shard(&read_batches(&dir.path().join("out.jsonl")));
+    let put_by_shard = expected_by_shard(&put);
     for shard in seen.keys() {
-        let mut expected: Vec<String> = put
-            .iter()
-            .filter(|r| &r.shard == shard)
-            .map(|r| r.seq.clone())
-            .collect();
-        expected.sort_by(|a, b| seq_cmp(a, b));
+        let expected = put_by_shard.get(shard).cloned().unwrap_or_default();
         assert_eq!(
             &seen[shard], &expected,
             "shard {shard}: records missing, repeated or out of order"

@@ -66,10 +66,7 @@ async fn a_kill_redelivers_at_most_the_batch_in_flight_per_shard() {
     });
     esm.kill();
     let run1 = read_batches(&out1);
-    let run1_seen: HashSet<String> = run1
-        .iter()
-        .flat_map(|b| b.records.iter().map(|r| r.seq.clone()))
-        .collect();
+    let run1_seen: HashSet<String> = seqs(&run1).map(str::to_string).collect();
     assert!(
         run1_seen.len() < RECORDS,
         "the first run delivered everything before the kill; nothing left to test"
@@ -84,23 +81,15 @@ async fn a_kill_redelivers_at_most_the_batch_in_flight_per_shard() {
         "every record, over both runs",
         |b| {
             let mut all = run1_seen.clone();
-            all.extend(
-                b.iter()
-                    .flat_map(|b| b.records.iter().map(|r| r.seq.clone())),
-            );
+            all.extend(seqs(b).map(str::to_string));
             all.len() >= RECORDS
         },
     );
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
-    let run2 = read_batches(&out2);
+    let run2 = esm.stop(Duration::from_secs(30));
 
     // Every record put was seen at least once, and nothing else was.
     let mut all = run1_seen.clone();
-    all.extend(
-        run2.iter()
-            .flat_map(|b| b.records.iter().map(|r| r.seq.clone())),
-    );
+    all.extend(seqs(&run2).map(str::to_string));
     let put_seqs: HashSet<String> = put.iter().map(|r| r.seq.clone()).collect();
     assert_eq!(all, put_seqs, "the records seen are not the records put");
 

@@ -23,20 +23,17 @@ async fn large_records_are_split_into_batches_under_the_payload_cap() {
     let expected = expected_by_shard(&put);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let mut esm = Esm::start_mapping(
         dir.path(),
         "payload",
         &stream,
         "batch_size = 100\nmaximum_batching_window_in_seconds = 2\n",
+        &[],
     );
-    let mut esm = Esm::start(dir.path(), &config, &[]);
     wait_for(&mut esm, Duration::from_secs(60), "all 12 records", |b| {
         count_records(b) >= RECORDS
     });
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
-
-    let batches = read_batches(&dir.path().join("out.jsonl"));
+    let batches = esm.stop(Duration::from_secs(30));
     assert_eq!(
         seen_by_shard(&batches),
         expected,

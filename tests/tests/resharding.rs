@@ -3,9 +3,10 @@
 //! picked up without a restart.
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::ScalingType;
+use aws_sdk_kinesis::types::{ScalingType, Shard};
 use aws_sdk_kinesis::Client;
 use esm_e2e::*;
 
@@ -16,10 +17,9 @@ async fn split_in_two(client: &Client, stream: &str) -> (String, Vec<String>) {
     assert_eq!(parent.len(), 1);
     let parent = parent[0].shard_id().to_string();
     update_shard_count(client, stream, 2).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let children = loop {
-        let shards = list_shards(client, stream).await;
-        let children: Vec<String> = shards
+    let never = format!("the children of {parent} never appeared");
+    let children = wait_for_shards(client, stream, &never, |shards| {
+        let mut children: Vec<String> = shards
             .iter()
             .filter(|s| {
                 s.parent_shard_id() == Some(parent.as_str())
@@ -27,19 +27,33 @@ async fn split_in_two(client: &Client, stream: &str) -> (String, Vec<String>) {
             })
             .map(|s| s.shard_id().to_string())
             .collect();
-        if children.len() == 2 {
-            let mut children = children;
-            children.sort();
-            break children;
+        children.sort();
+        (children.len() == 2).then_some(children)
+    })
+    .await;
+    (parent, children)
+}
+
+/// Polls ListShards (for up to 30 s) until `found` returns something, then waits
+/// until the stream is active again and returns it; panics with `never` and the
+/// shards if it does not.
+async fn wait_for_shards<T>(
+    client: &Client,
+    stream: &str,
+    never: &str,
+    mut found: impl FnMut(&[Shard]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let shards = list_shards(client, stream).await;
+        if let Some(found) = found(&shards) {
+            break found;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the children of {parent} never appeared: {shards:?}"
-        );
+        assert!(Instant::now() < deadline, "{never}: {shards:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     wait_active(client, stream).await;
-    (parent, children)
+    found
 }
 
 async fn update_shard_count(client: &Client, stream: &str, target: i32) {
@@ -64,28 +78,22 @@ async fn merge_into_one(client: &Client, stream: &str) -> (Vec<String>, String) 
     parents.sort();
     assert_eq!(parents.len(), 2);
     update_shard_count(client, stream, 1).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let child = loop {
-        let shards = list_shards(client, stream).await;
-        let child = shards.iter().find(|s| {
-            let mut named: Vec<&str> = s
-                .parent_shard_id()
-                .into_iter()
-                .chain(s.adjacent_parent_shard_id())
-                .collect();
-            named.sort_unstable();
-            named == parents
-        });
-        if let Some(child) = child {
-            break child.shard_id().to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the merged child of {parents:?} never appeared: {shards:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    wait_active(client, stream).await;
+    let never = format!("the merged child of {parents:?} never appeared");
+    let child = wait_for_shards(client, stream, &never, |shards| {
+        shards
+            .iter()
+            .find(|s| {
+                let mut named: Vec<&str> = s
+                    .parent_shard_id()
+                    .into_iter()
+                    .chain(s.adjacent_parent_shard_id())
+                    .collect();
+                named.sort_unstable();
+                named == parents
+            })
+            .map(|child| child.shard_id().to_string())
+    })
+    .await;
     (parents, child)
 }
 
@@ -105,16 +113,8 @@ fn assert_parent_first(
         expected.keys().collect::<Vec<_>>(),
         "records came from other shards than they were put in"
     );
-    for (shard, seqs) in &seen {
-        assert_eq!(
-            seqs, &expected[shard],
-            "shard {shard}: records missing, repeated or out of order"
-        );
-    }
-    let unique: HashSet<&str> = batches
-        .iter()
-        .flat_map(|b| b.records.iter().map(|r| r.seq.as_str()))
-        .collect();
+    assert_each_shard_as_put(&seen, &expected);
+    let unique: HashSet<&str> = seqs(batches).collect();
     assert_eq!(unique.len(), put.len());
     assert_eq!(
         count_records(batches),
@@ -149,19 +149,16 @@ fn assert_parent_first(
 async fn children_born_while_running_are_read_after_the_parent() {
     let client = kinesis().await;
     let stream = TestStream::create(&client, "reshard-live", 1).await;
-    let mut put = put_records(&client, &stream, 0, 300, 100, 64).await;
-    assert_eq!(put.len(), 300);
+    let mut put = put_300(&client, &stream, 0).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "reshard", &stream, "");
-    let mut esm = Esm::start(dir.path(), &config, &[]);
+    let mut esm = start(dir.path(), &stream);
     wait_for(&mut esm, Duration::from_secs(30), "the first 300", |b| {
         count_records(b) >= 300
     });
 
     let (parent, children) = split_in_two(&client, &stream).await;
-    let more = put_records(&client, &stream, 300, 300, 100, 64).await;
-    assert_eq!(more.len(), 300);
+    let more = put_300(&client, &stream, 300).await;
     let landed: HashSet<&str> = more.iter().map(|r| r.shard.as_str()).collect();
     assert!(
         landed.iter().all(|s| children.iter().any(|c| c == s)),
@@ -175,25 +172,17 @@ async fn children_born_while_running_are_read_after_the_parent() {
         "all 600, children included, without a restart",
         |b| count_records(b) >= 600,
     );
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
-    assert_parent_first(
-        &read_batches(&esm_out(dir.path())),
-        &put,
-        &parent,
-        &children,
-    );
+    let batches = esm.stop(Duration::from_secs(30));
+    assert_parent_first(&batches, &put, &parent, &children);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_parent_split_before_the_start_is_read_before_its_children() {
     let client = kinesis().await;
     let stream = TestStream::create(&client, "reshard-before", 1).await;
-    let mut put = put_records(&client, &stream, 0, 300, 100, 64).await;
-    assert_eq!(put.len(), 300);
+    let mut put = put_300(&client, &stream, 0).await;
     let (parent, children) = split_in_two(&client, &stream).await;
-    let more = put_records(&client, &stream, 300, 300, 100, 64).await;
-    assert_eq!(more.len(), 300);
+    let more = put_300(&client, &stream, 300).await;
     let by_shard: BTreeMap<String, Vec<String>> = expected_by_shard(&more);
     assert_eq!(
         by_shard.keys().collect::<Vec<_>>(),
@@ -203,38 +192,28 @@ async fn a_parent_split_before_the_start_is_read_before_its_children() {
     put.extend(more);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "reshard", &stream, "");
-    let mut esm = Esm::start(dir.path(), &config, &[]);
+    let mut esm = start(dir.path(), &stream);
     wait_for(&mut esm, Duration::from_secs(45), "all 600", |b| {
         count_records(b) >= 600
     });
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
-    assert_parent_first(
-        &read_batches(&esm_out(dir.path())),
-        &put,
-        &parent,
-        &children,
-    );
+    let batches = esm.stop(Duration::from_secs(30));
+    assert_parent_first(&batches, &put, &parent, &children);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_merged_child_waits_for_both_parents() {
     let client = kinesis().await;
     let stream = TestStream::create(&client, "reshard-merge", 2).await;
-    let mut put = put_records(&client, &stream, 0, 300, 100, 64).await;
-    assert_eq!(put.len(), 300);
+    let mut put = put_300(&client, &stream, 0).await;
     assert_eq!(expected_by_shard(&put).len(), 2);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "reshard", &stream, "");
-    let mut esm = Esm::start(dir.path(), &config, &[]);
+    let mut esm = start(dir.path(), &stream);
     wait_for(&mut esm, Duration::from_secs(30), "the first 300", |b| {
         count_records(b) >= 300
     });
     let (parents, child) = merge_into_one(&client, &stream).await;
-    let more = put_records(&client, &stream, 300, 300, 100, 64).await;
-    assert_eq!(more.len(), 300);
+    let more = put_300(&client, &stream, 300).await;
     assert!(more.iter().all(|r| r.shard == child));
     put.extend(more);
 
@@ -244,15 +223,20 @@ async fn a_merged_child_waits_for_both_parents() {
         "all 600, the merged child included",
         |b| count_records(b) >= 600,
     );
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
-    let batches = read_batches(&esm_out(dir.path()));
+    let batches = esm.stop(Duration::from_secs(30));
     for parent in &parents {
         assert_parent_first(&batches, &put, parent, std::slice::from_ref(&child));
     }
 }
 
-/// Where [`Esm::start`] records.
-fn esm_out(dir: &std::path::Path) -> std::path::PathBuf {
-    dir.join("out.jsonl")
+/// Puts 300 records (numbered from `first`, 64 keys) and checks they all landed.
+async fn put_300(client: &Client, stream: &str, first: usize) -> Vec<PutRecord> {
+    let put = put_records(client, stream, first, 300, 100, 64).await;
+    assert_eq!(put.len(), 300);
+    put
+}
+
+/// Starts esm on the `reshard` mapping of `stream`, from the trim horizon.
+fn start(dir: &Path, stream: &str) -> Esm {
+    Esm::start_mapping(dir, "reshard", stream, "", &[])
 }

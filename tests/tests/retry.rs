@@ -14,17 +14,20 @@ async fn failed_invocations_are_retried_until_the_batch_succeeds() {
     let expected = expected_by_shard(&put);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "retry", &stream, "");
-    let mut esm = Esm::start(dir.path(), &config, &[("RECORDER_FAIL_FIRST", "3")]);
+    let mut esm = Esm::start_mapping(
+        dir.path(),
+        "retry",
+        &stream,
+        "",
+        &[("RECORDER_FAIL_FIRST", "3")],
+    );
     wait_for(&mut esm, Duration::from_secs(60), "all 50 records", |b| {
         count_records(b) >= 50
     });
     let log = esm.log_text();
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
+    let batches = esm.stop(Duration::from_secs(30));
 
     // The failed invocations wrote nothing; the retry delivered each record once.
-    let batches = read_batches(&dir.path().join("out.jsonl"));
     let seen = seen_by_shard(&batches);
     assert_eq!(seen, expected, "records missing, repeated or out of order");
     assert_eq!(count_records(&batches), 50);

@@ -91,6 +91,51 @@ async fn run_to_completion(
     log
 }
 
+/// [`run_to_completion`] on one shard with one `plain-lambda` worker of
+/// `timeout_seconds`, its output in `PLAIN_OUT`, with more environment `env`.
+async fn run_plain_lambda(
+    prefix: &str,
+    count: usize,
+    timeout_seconds: u32,
+    env: &[(&str, &str)],
+) -> String {
+    let bin = plain_lambda();
+    run_to_completion(prefix, 1, count, |out| {
+        let out = out.display().to_string();
+        let mut all = vec![("PLAIN_OUT", out.as_str())];
+        all.extend_from_slice(env);
+        function_toml(&[&bin], 1, timeout_seconds, &all)
+    })
+    .await
+}
+
+/// [`run_to_completion`] with AWS's Python runtime interface client running
+/// `recorder.handler`, one worker per shard, its output in `PY_OUT`, with more
+/// environment `env`.
+async fn run_python(prefix: &str, shards: i32, count: usize, env: &[(&str, &str)]) -> String {
+    let py = python();
+    let dir = python_dir().display().to_string();
+    run_to_completion(prefix, shards, count, |out| {
+        let out = out.display().to_string();
+        let mut all = vec![("PY_OUT", out.as_str()), ("PYTHONPATH", dir.as_str())];
+        all.extend_from_slice(env);
+        function_toml(
+            &[&py, "-m", "awslambdaric", "recorder.handler"],
+            shards as u32,
+            10,
+            &all,
+        )
+    })
+    .await
+}
+
+/// A counter file in `dir` telling a worker to fail its next two starts.
+fn init_failures(dir: &Path) -> PathBuf {
+    let counter = dir.join("init-failures");
+    std::fs::write(&counter, "2").unwrap();
+    counter
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmodified_lambda_runtime_binary_processes_a_stream() {
     let bin = plain_lambda();
@@ -116,19 +161,7 @@ async fn an_unmodified_lambda_runtime_binary_processes_a_stream() {
 async fn a_crashing_worker_is_restarted_and_its_batch_retried() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("crashed").display().to_string();
-    let bin = plain_lambda();
-    let log = run_to_completion("rapi-crash", 1, 200, |out| {
-        function_toml(
-            &[&bin],
-            1,
-            5,
-            &[
-                ("PLAIN_OUT", &out.display().to_string()),
-                ("PLAIN_CRASH_ONCE", &marker),
-            ],
-        )
-    })
-    .await;
+    let log = run_plain_lambda("rapi-crash", 200, 5, &[("PLAIN_CRASH_ONCE", &marker)]).await;
     assert!(Path::new(&marker).exists(), "the worker never crashed");
     assert!(
         log.contains("the function crashed; the batch will be retried"),
@@ -140,19 +173,7 @@ async fn a_crashing_worker_is_restarted_and_its_batch_retried() {
 async fn a_worker_past_its_timeout_is_killed_and_its_batch_retried() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("hung").display().to_string();
-    let bin = plain_lambda();
-    let log = run_to_completion("rapi-timeout", 1, 200, |out| {
-        function_toml(
-            &[&bin],
-            1,
-            1,
-            &[
-                ("PLAIN_OUT", &out.display().to_string()),
-                ("PLAIN_HANG_ONCE", &marker),
-            ],
-        )
-    })
-    .await;
+    let log = run_plain_lambda("rapi-timeout", 200, 1, &[("PLAIN_HANG_ONCE", &marker)]).await;
     assert!(Path::new(&marker).exists(), "the worker never hung");
     assert!(
         log.contains("the function timed out; the batch will be retried"),
@@ -163,22 +184,9 @@ async fn a_worker_past_its_timeout_is_killed_and_its_batch_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_that_fails_to_start_is_retried_with_backoff() {
     let dir = tempfile::tempdir().unwrap();
-    let counter = dir.path().join("init-failures");
-    std::fs::write(&counter, "2").unwrap();
+    let counter = init_failures(dir.path());
     let counter_text = counter.display().to_string();
-    let bin = plain_lambda();
-    run_to_completion("rapi-init", 1, 100, |out| {
-        function_toml(
-            &[&bin],
-            1,
-            5,
-            &[
-                ("PLAIN_OUT", &out.display().to_string()),
-                ("PLAIN_INIT_FAIL", &counter_text),
-            ],
-        )
-    })
-    .await;
+    run_plain_lambda("rapi-init", 100, 5, &[("PLAIN_INIT_FAIL", &counter_text)]).await;
     assert_eq!(
         std::fs::read_to_string(&counter).unwrap().trim(),
         "0",
@@ -188,40 +196,15 @@ async fn a_worker_that_fails_to_start_is_retried_with_backoff() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pythons_runtime_interface_client_processes_a_stream() {
-    let py = python();
-    let dir = python_dir().display().to_string();
-    run_to_completion("rapi-python", 2, 500, |out| {
-        function_toml(
-            &[&py, "-m", "awslambdaric", "recorder.handler"],
-            2,
-            10,
-            &[("PY_OUT", &out.display().to_string()), ("PYTHONPATH", &dir)],
-        )
-    })
-    .await;
+    run_python("rapi-python", 2, 500, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_init_error_is_reported_and_retried() {
     let tmp = tempfile::tempdir().unwrap();
-    let counter = tmp.path().join("init-failures");
-    std::fs::write(&counter, "2").unwrap();
+    let counter = init_failures(tmp.path());
     let counter_text = counter.display().to_string();
-    let py = python();
-    let dir = python_dir().display().to_string();
-    let log = run_to_completion("rapi-pyinit", 1, 100, |out| {
-        function_toml(
-            &[&py, "-m", "awslambdaric", "recorder.handler"],
-            1,
-            10,
-            &[
-                ("PY_OUT", &out.display().to_string()),
-                ("PYTHONPATH", &dir),
-                ("PY_INIT_FAIL", &counter_text),
-            ],
-        )
-    })
-    .await;
+    let log = run_python("rapi-pyinit", 1, 100, &[("PY_INIT_FAIL", &counter_text)]).await;
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "0");
     assert!(
         log.contains("failing init on purpose"),

@@ -74,9 +74,7 @@ async fn sigterm_checkpoints_the_last_batch_and_a_restart_resumes_after_it() {
     wait_for(&mut esm, Duration::from_secs(60), "the rest", |b| {
         count_records(b) >= left
     });
-    let status = esm.terminate(Duration::from_secs(30));
-    assert!(status.success(), "esm exited with {status}");
-    let run2 = read_batches(&out2);
+    let run2 = esm.stop(Duration::from_secs(30));
     let seen2 = seen_by_shard(&run2);
     for (shard, want) in &expected {
         let done = seen1.get(shard).map_or(0, Vec::len);
@@ -92,11 +90,7 @@ async fn sigterm_checkpoints_the_last_batch_and_a_restart_resumes_after_it() {
             "shard {shard}: run 2 did not deliver exactly the rest, in order"
         );
     }
-    let all: HashSet<&str> = run1
-        .iter()
-        .chain(&run2)
-        .flat_map(|b| b.records.iter().map(|r| r.seq.as_str()))
-        .collect();
+    let all: HashSet<&str> = seqs(run1.iter().chain(&run2)).collect();
     assert_eq!(all.len(), RECORDS);
     assert_eq!(count_records(&run1) + count_records(&run2), RECORDS);
 
