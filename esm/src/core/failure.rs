@@ -1,19 +1,33 @@
-//! What to do with a batch after an invocation: checkpoint past it, or try again.
+//! What to do with a batch after each invocation: checkpoint, retry, bisect, or give
+//! up on records.
 //!
-//! Lambda's failure rules for stream sources (retry attempts, maximum record age,
-//! bisect, partial batch failures, on-failure destinations) all come down to one
-//! decision per outcome, made here without I/O so that tests can walk every path.
-//! This first version has the default rule only: a failed batch is retried, with
-//! backoff, until it succeeds. The remaining keys are rejected by the config until
-//! they are built here.
+//! Lambda's failure rules for stream sources, made precise (SPEC §5):
+//! - a failed invocation of more than one record, with `bisect_batch_on_function_error`,
+//!   splits it in two halves, older half first; splitting consumes no retry;
+//! - a failed invocation that is not split consumes a retry; when
+//!   `maximum_retry_attempts` are used up, its records are given up
+//!   (`RetryAttemptsExhausted`) with the number of invocations that carried them;
+//! - with `ReportBatchItemFailures`, the records before the lowest failed sequence
+//!   number are done, and the failed remainder is what the two rules above apply to;
+//! - records older than `maximum_record_age_in_seconds` are never invoked: the expired
+//!   prefix of the piece about to be invoked is given up (`RecordAgeExceeded`);
+//! - an invocation that could not happen at all (throttled, no worker) consumes no
+//!   retry and is tried again after a backoff.
+//!
+//! [`BatchProgress`] holds the pieces of one batch still to do, in shard order; the
+//! runner asks it for the [`next`](BatchProgress::next) action and reports each
+//! outcome. Time (the wall clock, for record age) and jitter are passed in.
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
 use super::backoff::Backoff;
 use super::batch::Batch;
-use super::record::Position;
+use super::response::{batch_item_failures, Verdict};
 
 /// How an invocation ended, as the invoker reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,185 +73,256 @@ impl Outcome {
     }
 }
 
-/// What the runner does next with the batch in hand.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// The batch is done: checkpoint at this position and move on.
-    Checkpoint(Position),
-    /// Invoke the same batch again after `delay`.
-    Retry {
-        /// How long to wait first.
-        delay: Duration,
-    },
-    /// The batch can never be invoked (its one record is above the payload cap): log it
-    /// with its sequence range, count it as dropped, checkpoint past it.
-    Drop {
-        /// Why, for the log line.
-        reason: &'static str,
-        /// Where the checkpoint goes.
-        checkpoint: Position,
-    },
+/// Why records were given up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// `maximum_retry_attempts` ran out.
+    RetryAttemptsExhausted,
+    /// The records passed `maximum_record_age_in_seconds`.
+    RecordAgeExceeded,
 }
 
-/// How many times a batch has been tried.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Attempts {
-    /// Invocations that reached the function (Lambda's `approximateInvokeCount`).
-    pub invoked: u32,
-    /// Attempts that could not invoke the function at all.
-    pub not_invoked: u32,
-}
-
-impl Attempts {
-    /// Counts one more attempt with `outcome`.
-    pub fn count(&mut self, outcome: &Outcome) {
-        match outcome {
-            Outcome::NotInvoked { .. } => self.not_invoked = self.not_invoked.saturating_add(1),
-            _ => self.invoked = self.invoked.saturating_add(1),
+impl Condition {
+    /// Lambda's name, as in the on-failure record and the `reason` metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Condition::RetryAttemptsExhausted => "RetryAttemptsExhausted",
+            Condition::RecordAgeExceeded => "RecordAgeExceeded",
         }
     }
+}
 
-    /// All attempts so far, invoked or not.
-    pub fn total(&self) -> u32 {
-        self.invoked.saturating_add(self.not_invoked)
-    }
+/// How the last failed invocation of given-up records failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastFailure {
+    /// Never invoked (record age).
+    None,
+    /// A function error, timeout or crash (`functionError: "Unhandled"`).
+    Unhandled,
+    /// Reported in `batchItemFailures` (`functionError: null`).
+    ItemFailures,
+}
+
+/// What the runner does next with the batch in hand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Invoke the records in this range of the batch.
+    Invoke(Range<usize>),
+    /// Wait this long, then ask again.
+    Wait(Duration),
+    /// These records are done: checkpoint at the last one.
+    Done(Range<usize>),
+    /// Give these records up (to the destination, or logged and dropped), then
+    /// checkpoint at the last one.
+    GiveUp {
+        /// The records.
+        range: Range<usize>,
+        /// Why.
+        condition: Condition,
+        /// Invocations that carried them (`approximateInvokeCount`).
+        invocations: u32,
+        /// How their last invocation failed.
+        last_failure: LastFailure,
+    },
 }
 
 /// The failure rules of a mapping.
 #[derive(Clone, Debug)]
-pub struct FailurePolicy {
-    /// The wait between attempts at the same batch.
+pub struct FailureRules {
+    /// `maximum_retry_attempts`; `None` is -1: retry until the records expire.
+    pub max_retries: Option<u32>,
+    /// `maximum_record_age_in_seconds`; `None` is -1.
+    pub max_age: Option<Duration>,
+    /// `bisect_batch_on_function_error`.
+    pub bisect: bool,
+    /// `function_response_types = ["ReportBatchItemFailures"]`.
+    pub report_item_failures: bool,
+    /// The wait between attempts at the same records.
     pub retry_backoff: Backoff,
 }
 
-impl Default for FailurePolicy {
+impl Default for FailureRules {
     fn default() -> Self {
         Self {
+            max_retries: None,
+            max_age: None,
+            bisect: false,
+            report_item_failures: false,
             retry_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         }
     }
 }
 
-impl FailurePolicy {
-    /// Decides after `outcome`; `attempts` already counts it. `jitter` in `0.0..1.0`.
-    pub fn decide(
-        &self,
-        batch: &Batch,
-        outcome: &Outcome,
-        attempts: Attempts,
-        jitter: f64,
-    ) -> Option<Decision> {
-        let last = batch.last_position()?.clone();
-        Some(match outcome {
-            Outcome::Returned { .. } => Decision::Checkpoint(last),
-            _ => Decision::Retry {
-                delay: self
-                    .retry_backoff
-                    .delay(attempts.total().saturating_sub(1), jitter),
-            },
-        })
+/// A piece of the batch still to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Piece {
+    range: Range<usize>,
+    /// Invocations that carried these records.
+    invocations: u32,
+    /// Retries consumed.
+    retries: u32,
+    /// Attempts that could not invoke at all, in a row (for backoff only).
+    not_invoked: u32,
+    /// How the last invocation failed.
+    last_failure: LastFailure,
+    /// Wait before the next invocation.
+    wait: Option<Duration>,
+}
+
+impl Piece {
+    fn new(range: Range<usize>) -> Self {
+        Self {
+            range,
+            invocations: 0,
+            retries: 0,
+            not_invoked: 0,
+            last_failure: LastFailure::None,
+            wait: None,
+        }
+    }
+}
+
+/// The state of one batch under the failure rules.
+#[derive(Clone, Debug)]
+pub struct BatchProgress {
+    pieces: VecDeque<Piece>,
+}
+
+impl BatchProgress {
+    /// A batch of `len` records, none tried yet.
+    pub fn new(len: usize) -> Self {
+        let mut pieces = VecDeque::new();
+        if len > 0 {
+            pieces.push_back(Piece::new(0..len));
+        }
+        Self { pieces }
     }
 
-    /// Decides for a batch that cannot be invoked at all because it is above the
-    /// payload cap.
-    pub fn decide_oversized(&self, batch: &Batch) -> Option<Decision> {
-        Some(Decision::Drop {
-            reason: "record above the 6 MB invocation payload cap",
-            checkpoint: batch.last_position()?.clone(),
-        })
+    /// Whether every record is done or given up.
+    pub fn is_finished(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Invocations so far of the piece to invoke next (for logs).
+    pub fn attempt(&self) -> u32 {
+        self.pieces
+            .front()
+            .map_or(0, |p| p.invocations + p.not_invoked)
+    }
+
+    /// The next action, at wall-clock time `now`; `None` when the batch is finished.
+    pub fn next(
+        &mut self,
+        rules: &FailureRules,
+        batch: &Batch,
+        now: DateTime<Utc>,
+    ) -> Option<Action> {
+        let piece = self.pieces.front_mut()?;
+        if let Some(wait) = piece.wait.take() {
+            return Some(Action::Wait(wait));
+        }
+        if let Some(max_age) = rules.max_age {
+            let expired = batch.records[piece.range.clone()]
+                .iter()
+                .take_while(|r| {
+                    (now - r.approximate_arrival)
+                        .to_std()
+                        .is_ok_and(|age| age > max_age)
+                })
+                .count();
+            if expired > 0 {
+                let range = piece.range.start..piece.range.start + expired;
+                let action = Action::GiveUp {
+                    range: range.clone(),
+                    condition: Condition::RecordAgeExceeded,
+                    invocations: piece.invocations,
+                    last_failure: LastFailure::None,
+                };
+                piece.range.start = range.end;
+                if piece.range.is_empty() {
+                    self.pieces.pop_front();
+                }
+                return Some(action);
+            }
+        }
+        Some(Action::Invoke(piece.range.clone()))
+    }
+
+    /// Records the outcome of invoking the front piece; returns what is settled by it
+    /// (records done, records given up), in shard order. `jitter` in `0.0..1.0`.
+    pub fn record(
+        &mut self,
+        rules: &FailureRules,
+        batch: &Batch,
+        outcome: &Outcome,
+        jitter: f64,
+    ) -> Vec<Action> {
+        let Some(mut piece) = self.pieces.pop_front() else {
+            return Vec::new();
+        };
+        let mut settled = Vec::new();
+        let failure = match outcome {
+            Outcome::NotInvoked { .. } => {
+                piece.not_invoked = piece.not_invoked.saturating_add(1);
+                piece.wait = Some(rules.retry_backoff.delay(piece.not_invoked - 1, jitter));
+                self.pieces.push_front(piece);
+                return settled;
+            }
+            Outcome::Returned { response } if rules.report_item_failures => {
+                piece.invocations += 1;
+                match batch_item_failures(response, &batch.records[piece.range.clone()]) {
+                    Verdict::Success => None,
+                    Verdict::FailedFrom(i) => {
+                        if i > 0 {
+                            settled.push(Action::Done(piece.range.start..piece.range.start + i));
+                        }
+                        piece.range.start += i;
+                        Some(LastFailure::ItemFailures)
+                    }
+                    Verdict::Failed(_) => Some(LastFailure::Unhandled),
+                }
+            }
+            Outcome::Returned { .. } => {
+                piece.invocations += 1;
+                None
+            }
+            Outcome::FunctionError { .. } | Outcome::Timeout | Outcome::Crash { .. } => {
+                piece.invocations += 1;
+                Some(LastFailure::Unhandled)
+            }
+        };
+        piece.not_invoked = 0;
+        let Some(how) = failure else {
+            settled.push(Action::Done(piece.range));
+            return settled;
+        };
+        piece.last_failure = how;
+        if rules.bisect && piece.range.len() > 1 {
+            // Older half first; splitting consumes no retry.
+            let mid = piece.range.start + piece.range.len() / 2;
+            let mut older = piece.clone();
+            older.range = piece.range.start..mid;
+            let mut newer = piece;
+            newer.range = mid..newer.range.end;
+            self.pieces.push_front(newer);
+            self.pieces.push_front(older);
+            return settled;
+        }
+        piece.retries = piece.retries.saturating_add(1);
+        if rules.max_retries.is_some_and(|max| piece.retries > max) {
+            settled.push(Action::GiveUp {
+                range: piece.range,
+                condition: Condition::RetryAttemptsExhausted,
+                invocations: piece.invocations,
+                last_failure: piece.last_failure,
+            });
+            return settled;
+        }
+        piece.wait = Some(rules.retry_backoff.delay(piece.retries - 1, jitter));
+        self.pieces.push_front(piece);
+        settled
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::core::record::{Record, SequenceNumber};
-    use bytes::Bytes;
-    use chrono::{TimeZone, Utc};
-
-    fn batch(seqs: &[u64]) -> Batch {
-        Batch {
-            records: seqs
-                .iter()
-                .map(|s| Record {
-                    position: Position::whole(SequenceNumber::parse(s.to_string()).unwrap()),
-                    partition_key: "k".into(),
-                    explicit_hash_key: None,
-                    data: Bytes::new(),
-                    approximate_arrival: Utc.timestamp_millis_opt(0).unwrap(),
-                })
-                .collect(),
-            event_len: 0,
-        }
-    }
-
-    #[test]
-    fn success_checkpoints_at_the_last_record() {
-        let d = FailurePolicy::default().decide(
-            &batch(&[5, 6, 7]),
-            &Outcome::Returned {
-                response: Bytes::new(),
-            },
-            Attempts::default(),
-            0.0,
-        );
-        assert_eq!(
-            d,
-            Some(Decision::Checkpoint(Position::whole(
-                SequenceNumber::parse("7").unwrap()
-            )))
-        );
-    }
-
-    #[test]
-    fn every_failure_retries_with_growing_backoff() {
-        let policy = FailurePolicy::default();
-        let b = batch(&[1, 2]);
-        let mut attempts = Attempts::default();
-        let mut last = Duration::ZERO;
-        for outcome in [
-            Outcome::FunctionError {
-                error_type: "E".into(),
-                message: "m".into(),
-            },
-            Outcome::Timeout,
-            Outcome::Crash {
-                reason: "panic".into(),
-            },
-            Outcome::NotInvoked {
-                reason: "busy".into(),
-            },
-        ] {
-            attempts.count(&outcome);
-            match policy.decide(&b, &outcome, attempts, 1.0) {
-                Some(Decision::Retry { delay }) => {
-                    assert!(delay >= last);
-                    last = delay;
-                }
-                other => panic!("expected a retry, got {other:?}"),
-            }
-        }
-        assert_eq!(
-            attempts,
-            Attempts {
-                invoked: 3,
-                not_invoked: 1
-            }
-        );
-    }
-
-    #[test]
-    fn an_empty_batch_has_no_decision() {
-        assert_eq!(
-            FailurePolicy::default().decide(
-                &batch(&[]),
-                &Outcome::Returned {
-                    response: Bytes::new()
-                },
-                Attempts::default(),
-                0.0
-            ),
-            None
-        );
-    }
-}
+mod tests;

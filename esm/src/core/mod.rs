@@ -13,3 +13,4 @@ pub mod failure;
 pub mod lineage;
 pub mod pacing;
 pub mod record;
+pub mod response;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::config::{FunctionConfig, MappingConfig, StartingPosition};
 use crate::core::batch::BatchLimits;
-use crate::core::failure::FailurePolicy;
+use crate::core::failure::FailureRules;
 use crate::invoke::Invoker;
 use crate::metrics::MappingMetrics;
 use crate::store::{CheckpointStore, StartAt};
@@ -36,7 +36,7 @@ pub struct MappingSpec {
     /// Batch size, window, payload cap.
     pub limits: BatchLimits,
     /// The failure rules.
-    pub policy: FailurePolicy,
+    pub policy: FailureRules,
     /// Where shards present at the first start begin.
     pub start: StartAt,
     /// The per-shard GetRecords call budget.
@@ -66,7 +66,13 @@ impl MappingSpec {
             invoke_identity_arn: format!("arn:{}:iam::{}:role/esm", arn.partition, arn.account),
             timeout,
             limits: BatchLimits::new(m.batch_size, m.maximum_batching_window),
-            policy: FailurePolicy::default(),
+            policy: FailureRules {
+                max_retries: m.maximum_retry_attempts,
+                max_age: m.maximum_record_age,
+                bisect: m.bisect_batch_on_function_error,
+                report_item_failures: m.report_batch_item_failures,
+                ..FailureRules::default()
+            },
             start: match &m.starting_position {
                 StartingPosition::TrimHorizon => StartAt::TrimHorizon,
                 StartingPosition::Latest => StartAt::Latest,

@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 use super::MappingContext;
 use crate::core::batch::{Batch, Batcher};
 use crate::core::event::{EventEncoder, EventSource};
-use crate::core::failure::{Attempts, Decision, Outcome};
+use crate::core::failure::{Action, BatchProgress, Outcome};
 use crate::core::record::Position;
 use crate::invoke::Invocation;
 use crate::source::polling::{self, PollingConfig, MAX_GET_RECORDS_LIMIT};
@@ -97,8 +97,11 @@ enum Event {
 /// The batch being worked on.
 struct InFlight {
     batch: Batch,
-    payload: Bytes,
-    attempts: Attempts,
+    /// What the failure rules still have to do with it.
+    progress: BatchProgress,
+    /// The records of the invocation running or last run.
+    range: std::ops::Range<usize>,
+    /// When the next attempt is due, after a failure.
     retry_at: Option<Instant>,
 }
 
@@ -181,42 +184,41 @@ impl ShardRunner {
         let mut warned_aggregated = false;
         self.status.phase = Phase::Reading;
 
-        let exit = loop {
+        let exit = 'run: loop {
             let now = Instant::now();
-            // Start (or restart) work when the shard is idle.
-            if invocation.is_none() {
-                if in_flight.is_none() && !stopping {
-                    if let Some(batch) = batcher.next_batch(now, children.is_some()) {
-                        let mut buf = Vec::with_capacity(batch.event_len);
-                        batcher.encoder().encode(&batch.records, &mut buf);
+            // Start (or restart) work when the shard is idle: take the next batch
+            // when none is in flight, and ask the failure rules what to do with it.
+            if invocation.is_none() && !stopping {
+                loop {
+                    if in_flight.is_none() {
+                        let Some(batch) = batcher.next_batch(now, children.is_some()) else {
+                            break;
+                        };
+                        if batch.oversized(batcher.limits()) {
+                            if let Err(e) = self.drop_oversized(&batch).await {
+                                break 'run ShardExit::Failed(e.to_string());
+                            }
+                            continue;
+                        }
                         in_flight = Some(InFlight {
+                            progress: BatchProgress::new(batch.len()),
+                            range: 0..0,
                             batch,
-                            payload: Bytes::from(buf),
-                            attempts: Attempts::default(),
                             retry_at: None,
                         });
                     }
-                }
-                let due = in_flight
-                    .as_ref()
-                    .is_some_and(|f| !stopping && f.retry_at.is_none_or(|at| at <= now));
-                if due
-                    && in_flight
-                        .as_ref()
-                        .is_some_and(|f| f.batch.oversized(batcher.limits()))
-                {
-                    let decision = in_flight
-                        .as_ref()
-                        .and_then(|f| spec.policy.decide_oversized(&f.batch));
-                    match self.apply(decision, &mut in_flight).await {
-                        Ok(()) => continue,
-                        Err(e) => break ShardExit::Failed(e.to_string()),
+                    match self.next_step(&mut in_flight, batcher.encoder(), now).await {
+                        Ok(Some(call)) => {
+                            invocation = Some(call);
+                            self.status.phase = Phase::Reading;
+                            break;
+                        }
+                        // Waiting for a retry.
+                        Ok(None) if in_flight.is_some() => break,
+                        // The batch is finished: on to the next one.
+                        Ok(None) => {}
+                        Err(e) => break 'run ShardExit::Failed(e.to_string()),
                     }
-                }
-                if let Some(flight) = in_flight.as_mut().filter(|_| due) {
-                    flight.retry_at = None;
-                    invocation = Some(self.invoke(flight));
-                    self.status.phase = Phase::Reading;
                 }
             }
             if stopping && invocation.is_none() {
@@ -290,21 +292,18 @@ impl ShardRunner {
                     let Some(flight) = in_flight.as_mut() else {
                         continue;
                     };
-                    flight.attempts.count(&outcome);
                     self.log_outcome(flight, &outcome);
-                    let decision = spec.policy.decide(
+                    let settled = flight.progress.record(
+                        &spec.policy,
                         &flight.batch,
                         &outcome,
-                        flight.attempts,
                         rand::random(),
                     );
-                    if let Some(Decision::Retry { delay }) = &decision {
-                        flight.retry_at = Some(Instant::now() + *delay);
-                        self.status.phase = Phase::Retrying;
-                        continue;
-                    }
-                    if let Err(e) = self.apply(decision, &mut in_flight).await {
+                    if let Err(e) = self.settle(flight, settled).await {
                         break ShardExit::Failed(e.to_string());
+                    }
+                    if !flight.progress.is_finished() {
+                        self.status.phase = Phase::Retrying;
                     }
                 }
                 Event::Timer => {}
@@ -320,21 +319,63 @@ impl ShardRunner {
         exit
     }
 
-    /// Starts the invocation of the batch in flight.
-    fn invoke(&self, flight: &InFlight) -> BoxFuture<'static, Outcome> {
+    /// Asks the failure rules what to do next with the batch in flight: settles what
+    /// they settle, and starts an invocation when one is due. Clears `in_flight` when
+    /// the batch is finished.
+    async fn next_step(
+        &mut self,
+        in_flight: &mut Option<InFlight>,
+        encoder: &EventEncoder,
+        now: Instant,
+    ) -> Result<Option<BoxFuture<'static, Outcome>>, StoreError> {
+        let rules = self.ctx.spec.policy.clone();
+        loop {
+            let Some(flight) = in_flight.as_mut() else {
+                return Ok(None);
+            };
+            if flight.retry_at.is_some_and(|at| at > now) {
+                return Ok(None);
+            }
+            flight.retry_at = None;
+            match flight
+                .progress
+                .next(&rules, &flight.batch, chrono::Utc::now())
+            {
+                None => {
+                    *in_flight = None;
+                    return Ok(None);
+                }
+                Some(Action::Wait(delay)) => {
+                    flight.retry_at = Some(now + delay);
+                    self.status.phase = Phase::Retrying;
+                    return Ok(None);
+                }
+                Some(Action::Invoke(range)) => {
+                    flight.range = range;
+                    return Ok(Some(self.invoke(flight, encoder)));
+                }
+                Some(settled) => self.settle(flight, vec![settled]).await?,
+            }
+        }
+    }
+
+    /// Starts the invocation of the records in flight.
+    fn invoke(&self, flight: &InFlight, encoder: &EventEncoder) -> BoxFuture<'static, Outcome> {
         let spec = &self.ctx.spec;
-        let metrics = &self.ctx.metrics;
-        metrics.invoked_events.add(flight.batch.len() as u64);
+        let records = &flight.batch.records[flight.range.clone()];
+        let mut payload = Vec::with_capacity(encoder.event_len(records));
+        encoder.encode(records, &mut payload);
+        self.ctx.metrics.invoked_events.add(records.len() as u64);
         tracing::debug!(
-            records = flight.batch.len(),
-            bytes = flight.payload.len(),
-            first = %display_position(flight.batch.first_position()),
-            last = %display_position(flight.batch.last_position()),
-            attempt = flight.attempts.total() + 1,
+            records = records.len(),
+            bytes = payload.len(),
+            first = %display_position(records.first().map(|r| &r.position)),
+            last = %display_position(records.last().map(|r| &r.position)),
+            attempt = flight.progress.attempt() + 1,
             "invoking"
         );
         self.ctx.invoker.invoke(Invocation {
-            payload: flight.payload.clone(),
+            payload: Bytes::from(payload),
             request_id: uuid::Uuid::new_v4().to_string(),
             function_arn: spec.function_arn.clone(),
             timeout: spec.timeout,
@@ -342,13 +383,53 @@ impl ShardRunner {
         })
     }
 
+    /// Carries out what the failure rules settled: records done are checkpointed;
+    /// records given up are logged with their sequence range, counted as dropped and
+    /// checkpointed past (on-failure destinations come with their own issue).
+    async fn settle(&mut self, flight: &InFlight, settled: Vec<Action>) -> Result<(), StoreError> {
+        for action in settled {
+            let range = match action {
+                Action::Done(range) => range,
+                Action::GiveUp {
+                    range,
+                    condition,
+                    invocations,
+                    ..
+                } => {
+                    let records = &flight.batch.records[range.clone()];
+                    self.ctx.metrics.dropped_events.add(records.len() as u64);
+                    tracing::warn!(
+                        first = %display_position(records.first().map(|r| &r.position)),
+                        last = %display_position(records.last().map(|r| &r.position)),
+                        records = records.len(),
+                        condition = condition.as_str(),
+                        approximate_invoke_count = invocations,
+                        "dropping records: no on-failure destination"
+                    );
+                    range
+                }
+                Action::Invoke(_) | Action::Wait(_) => continue,
+            };
+            if let Some(last) = range
+                .end
+                .checked_sub(1)
+                .and_then(|i| flight.batch.records.get(i))
+            {
+                self.state.checkpoint = Some(last.position.clone());
+                self.save().await?;
+            }
+        }
+        Ok(())
+    }
+
     fn log_outcome(&self, flight: &InFlight, outcome: &Outcome) {
         let metrics = &self.ctx.metrics;
         metrics.invocations.count(outcome);
-        let first = display_position(flight.batch.first_position());
-        let last = display_position(flight.batch.last_position());
-        let records = flight.batch.len();
-        let attempt = flight.attempts.total();
+        let slice = &flight.batch.records[flight.range.clone()];
+        let first = display_position(slice.first().map(|r| &r.position));
+        let last = display_position(slice.last().map(|r| &r.position));
+        let records = slice.len();
+        let attempt = flight.progress.attempt() + 1;
         match outcome {
             Outcome::Returned { .. } => {}
             Outcome::FunctionError {
@@ -372,35 +453,22 @@ impl ShardRunner {
         }
     }
 
-    /// Carries out a decision that ends the batch in flight: checkpoint past it.
-    async fn apply(
-        &mut self,
-        decision: Option<Decision>,
-        in_flight: &mut Option<InFlight>,
-    ) -> Result<(), StoreError> {
-        let Some(flight) = in_flight.take() else {
-            return Ok(());
-        };
-        let checkpoint = match decision {
-            Some(Decision::Checkpoint(position)) => position,
-            Some(Decision::Drop { reason, checkpoint }) => {
-                self.ctx
-                    .metrics
-                    .dropped_events
-                    .add(flight.batch.len() as u64);
-                tracing::warn!(
-                    first = %display_position(flight.batch.first_position()),
-                    last = %display_position(flight.batch.last_position()),
-                    records = flight.batch.len(),
-                    reason,
-                    "dropping records: they can never be invoked"
-                );
-                checkpoint
-            }
-            Some(Decision::Retry { .. }) | None => return Ok(()),
-        };
-        self.state.checkpoint = Some(checkpoint);
-        self.save().await
+    /// A batch whose one record is above the payload cap can never be invoked: log it
+    /// with its sequence number, count it as dropped, checkpoint past it.
+    async fn drop_oversized(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        self.ctx.metrics.dropped_events.add(batch.len() as u64);
+        tracing::warn!(
+            first = %display_position(batch.first_position()),
+            last = %display_position(batch.last_position()),
+            records = batch.len(),
+            bytes = batch.event_len,
+            "dropping records: a record above the 6 MB invocation payload cap can never be invoked"
+        );
+        if let Some(last) = batch.last_position() {
+            self.state.checkpoint = Some(last.clone());
+            self.save().await?;
+        }
+        Ok(())
     }
 
     /// Writes the shard's state, retrying passing failures with backoff until it is

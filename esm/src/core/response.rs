@@ -1,0 +1,171 @@
+//! What a function's response says about its batch, with `ReportBatchItemFailures`.
+//!
+//! Lambda's rules (SPEC §3, recorded against AWS): an empty body, `""`, `null`, `[]`,
+//! `{}`, `{"batchItemFailures": []}` and `{"batchItemFailures": null}` mean the whole
+//! batch succeeded; `{"batchItemFailures": [{"itemIdentifier": SEQ}, …]}` means the
+//! records from the lowest failed sequence number on failed; an item whose
+//! `itemIdentifier` is missing, null, empty or not a sequence number of the batch
+//! fails the whole batch, and so does a body that is not JSON (Lambda leaves that
+//! undocumented; failing is what loses nothing).
+
+use serde_json::Value;
+
+use super::record::Record;
+
+/// The verdict on a batch from a response body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record succeeded.
+    Success,
+    /// The records from this index on failed (the lowest reported failure); those
+    /// before it succeeded.
+    FailedFrom(usize),
+    /// The whole batch failed; the reason is for the log line.
+    Failed(String),
+}
+
+/// Reads `body` against `records` (the records of the invocation, in order).
+pub fn batch_item_failures(body: &[u8], records: &[Record]) -> Verdict {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Verdict::Success;
+    }
+    let value: Value = match serde_json::from_slice(trimmed) {
+        Ok(v) => v,
+        Err(e) => return Verdict::Failed(format!("the response is not JSON ({e})")),
+    };
+    let items = match &value {
+        Value::Null => return Verdict::Success,
+        Value::String(s) if s.is_empty() => return Verdict::Success,
+        Value::Array(a) if a.is_empty() => return Verdict::Success,
+        Value::Object(map) => match map.get("batchItemFailures") {
+            None | Some(Value::Null) => return Verdict::Success,
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                return Verdict::Failed(format!("batchItemFailures is not a list: {}", kind(other)))
+            }
+        },
+        other => {
+            return Verdict::Failed(format!(
+                "the response is {}, not a batchItemFailures object",
+                kind(other)
+            ))
+        }
+    };
+    let mut lowest: Option<usize> = None;
+    for item in items {
+        let id = match item.get("itemIdentifier") {
+            Some(Value::String(s)) if !s.is_empty() => s.as_str(),
+            Some(Value::String(_)) => return Verdict::Failed("an itemIdentifier is empty".into()),
+            None | Some(Value::Null) => {
+                return Verdict::Failed("a batchItemFailures item has no itemIdentifier".into())
+            }
+            Some(other) => {
+                return Verdict::Failed(format!(
+                    "an itemIdentifier is {}, not a string",
+                    kind(other)
+                ))
+            }
+        };
+        match records.iter().position(|r| r.sequence().as_str() == id) {
+            Some(i) => lowest = Some(lowest.map_or(i, |l| l.min(i))),
+            None => {
+                return Verdict::Failed(format!(
+                    "itemIdentifier {id:?} is not a sequence number of this batch"
+                ))
+            }
+        }
+    }
+    match lowest {
+        None => Verdict::Success,
+        Some(i) => Verdict::FailedFrom(i),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::record::{Position, SequenceNumber};
+    use bytes::Bytes;
+    use chrono::{TimeZone, Utc};
+
+    fn records() -> Vec<Record> {
+        ["10", "11", "12", "13"]
+            .iter()
+            .map(|s| Record {
+                position: Position::whole(SequenceNumber::parse(*s).unwrap()),
+                partition_key: "k".into(),
+                explicit_hash_key: None,
+                data: Bytes::new(),
+                approximate_arrival: Utc.timestamp_millis_opt(0).unwrap(),
+            })
+            .collect()
+    }
+
+    fn verdict(body: &str) -> Verdict {
+        batch_item_failures(body.as_bytes(), &records())
+    }
+
+    #[test]
+    fn every_success_form_lambda_accepts() {
+        for body in [
+            "",
+            "  ",
+            "\"\"",
+            "null",
+            "[]",
+            "{}",
+            r#"{"batchItemFailures": []}"#,
+            r#"{"batchItemFailures": null}"#,
+            r#"{"other": 1}"#,
+        ] {
+            assert_eq!(verdict(body), Verdict::Success, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn the_lowest_failed_record_wins() {
+        assert_eq!(
+            verdict(r#"{"batchItemFailures":[{"itemIdentifier":"12"},{"itemIdentifier":"11"}]}"#),
+            Verdict::FailedFrom(1)
+        );
+        assert_eq!(
+            verdict(r#"{"batchItemFailures":[{"itemIdentifier":"10"}]}"#),
+            Verdict::FailedFrom(0)
+        );
+    }
+
+    #[test]
+    fn malformed_responses_fail_the_whole_batch() {
+        for body in [
+            "not json",
+            "{\"batchItemFailures\":",
+            r#"{"batchItemFailures":[{}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":null}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":""}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":"99"}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":12}]}"#,
+            r#"{"batchItemFailures":[{"itemIdentifier":"11"},{"itemIdentifier":"99"}]}"#,
+            r#"{"batchItemFailures":"12"}"#,
+            "42",
+            "\"text\"",
+            "[1]",
+        ] {
+            assert!(
+                matches!(verdict(body), Verdict::Failed(_)),
+                "{body:?} should fail the batch"
+            );
+        }
+    }
+}
