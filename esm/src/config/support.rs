@@ -57,38 +57,6 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
                 "each shard is read by one batch at a time for now",
             );
         }
-        if let Some(retries) = m.maximum_retry_attempts {
-            unsupported(
-                at("maximum_retry_attempts"),
-                "maximum_retry_attempts",
-                retries.to_string(),
-                "failed batches are retried until they succeed for now",
-            );
-        }
-        if let Some(age) = m.maximum_record_age {
-            unsupported(
-                at("maximum_record_age_in_seconds"),
-                "maximum_record_age_in_seconds",
-                age.as_secs().to_string(),
-                "records are invoked whatever their age for now",
-            );
-        }
-        if m.bisect_batch_on_function_error {
-            unsupported(
-                at("bisect_batch_on_function_error"),
-                "bisect_batch_on_function_error",
-                "true".to_string(),
-                "failed batches are retried whole for now",
-            );
-        }
-        if m.report_batch_item_failures {
-            unsupported(
-                at("function_response_types"),
-                "function_response_types",
-                format!("[{}]", quote("ReportBatchItemFailures")),
-                "partial batch responses are not read yet",
-            );
-        }
         if !m.tumbling_window.is_zero() {
             unsupported(
                 at("tumbling_window_in_seconds"),

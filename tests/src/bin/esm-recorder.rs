@@ -8,7 +8,12 @@
 //! Knobs (environment): `RECORDER_DELAY_MS` sleeps in each invocation (to kill esm
 //! mid-stream); `RECORDER_DELAY_AFTER_MS` sleeps after the line was written, before
 //! returning (so a kill lands between "handled" and "checkpointed"); `RECORDER_FAIL_FIRST=N`
-//! fails the first N invocations (to see retries).
+//! fails the first N invocations (to see retries); `RECORDER_POISON=TEXT` makes every
+//! record whose data contains TEXT a poison record: a batch holding one fails (an
+//! error), or with `RECORDER_REPORT=1` the records before the first poison record are
+//! handled and the rest reported in `batchItemFailures`; `RECORDER_RESPONSE=JSON`
+//! returns that JSON after handling a batch; `RECORDER_ATTEMPTS=FILE` appends one
+//! line per invocation (`{"first","last","n"}`) before anything else happens.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +38,15 @@ fn main() -> std::process::ExitCode {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let poison = std::env::var("RECORDER_POISON")
+        .ok()
+        .filter(|p| !p.is_empty());
+    let report = std::env::var("RECORDER_REPORT").is_ok_and(|v| v == "1");
+    let response: serde_json::Value = std::env::var("RECORDER_RESPONSE")
+        .ok()
+        .map(|r| serde_json::from_str(&r).expect("RECORDER_RESPONSE must be JSON"))
+        .unwrap_or(serde_json::Value::Null);
+    let attempts = std::env::var("RECORDER_ATTEMPTS").ok();
     let calls = Arc::new(AtomicU64::new(0));
     let file = Arc::new(std::sync::Mutex::new(
         std::fs::OpenOptions::new()
@@ -43,7 +57,20 @@ fn main() -> std::process::ExitCode {
     ));
     let handler = service_fn(move |event: LambdaEvent<KinesisEvent>| {
         let (file, calls) = (file.clone(), calls.clone());
+        let (poison, response, attempts) = (poison.clone(), response.clone(), attempts.clone());
         async move {
+            let records = &event.payload.records;
+            if let Some(path) = &attempts {
+                let seq = |r: Option<&handler_sdk::events::KinesisEventRecord>| {
+                    r.map(|r| r.kinesis.sequence_number.clone())
+                };
+                let line = serde_json::json!({"first": seq(records.first()), "last": seq(records.last()), "n": records.len()});
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?;
+                f.write_all(format!("{line}\n").as_bytes())?;
+            }
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
@@ -51,7 +78,24 @@ fn main() -> std::process::ExitCode {
             if call < fail_first {
                 return Err(Error::from(format!("failing invocation {call} on purpose")));
             }
-            let records = &event.payload.records;
+            let first_poison = poison.as_deref().and_then(|p| {
+                records
+                    .iter()
+                    .position(|r| String::from_utf8_lossy(r.data_bytes()).contains(p))
+            });
+            let (records, failures) = match first_poison {
+                Some(i) if report => (
+                    &records[..i],
+                    serde_json::json!({"batchItemFailures": [{"itemIdentifier": records[i].kinesis.sequence_number}]}),
+                ),
+                Some(i) => {
+                    return Err(Error::from(format!(
+                        "poison record {}",
+                        records[i].kinesis.sequence_number
+                    )))
+                }
+                None => (&records[..], response),
+            };
             let shard = records
                 .first()
                 .and_then(|r| r.event_id.as_deref())
@@ -77,7 +121,7 @@ fn main() -> std::process::ExitCode {
             };
             let mut text = serde_json::to_string(&line)?;
             text.push('\n');
-            {
+            if !line.records.is_empty() {
                 let mut f = file.lock().map_err(|_| Error::from("poisoned"))?;
                 f.write_all(text.as_bytes())?;
                 f.flush()?;
@@ -85,7 +129,7 @@ fn main() -> std::process::ExitCode {
             if let Some(delay) = delay_after {
                 tokio::time::sleep(delay).await;
             }
-            Ok::<(), Error>(())
+            Ok::<serde_json::Value, Error>(failures)
         }
     });
     esm::cli::main(esm::Registry::new().handler("recorder", handler))
