@@ -70,6 +70,17 @@ impl InvocationCounters {
     }
 }
 
+/// `esm_dropped_events_total{reason}`: records skipped without a destination.
+#[derive(Debug, Default)]
+pub struct DroppedCounters {
+    /// `reason="record_age"`.
+    pub record_age: Counter,
+    /// `reason="retries_exhausted"`.
+    pub retries_exhausted: Counter,
+    /// `reason="oversized"` (esm's: a record above the payload cap by itself).
+    pub oversized: Counter,
+}
+
 /// The counters of one mapping.
 #[derive(Debug, Default)]
 pub struct MappingMetrics {
@@ -79,8 +90,8 @@ pub struct MappingMetrics {
     pub invoked_events: Counter,
     /// `esm_failed_invoke_events_total`.
     pub failed_invoke_events: Counter,
-    /// `esm_dropped_events_total`.
-    pub dropped_events: Counter,
+    /// `esm_dropped_events_total{reason}`.
+    pub dropped_events: DroppedCounters,
     /// `esm_get_records_total`.
     pub get_records: GetRecordsCounters,
     /// `esm_invocations_total`.

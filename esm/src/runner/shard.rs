@@ -28,7 +28,7 @@ use tracing::Instrument as _;
 use super::MappingContext;
 use crate::core::batch::{Batch, Batcher};
 use crate::core::event::{EventEncoder, EventSource};
-use crate::core::failure::{Action, BatchProgress, Outcome};
+use crate::core::failure::{Action, BatchProgress, Condition, Outcome};
 use crate::core::record::Position;
 use crate::invoke::Invocation;
 use crate::source::polling::{self, PollingConfig, MAX_GET_RECORDS_LIMIT};
@@ -397,7 +397,12 @@ impl ShardRunner {
                     ..
                 } => {
                     let records = &flight.batch.records[range.clone()];
-                    self.ctx.metrics.dropped_events.add(records.len() as u64);
+                    let dropped = &self.ctx.metrics.dropped_events;
+                    match condition {
+                        Condition::RecordAgeExceeded => &dropped.record_age,
+                        Condition::RetryAttemptsExhausted => &dropped.retries_exhausted,
+                    }
+                    .add(records.len() as u64);
                     tracing::warn!(
                         first = %display_position(records.first().map(|r| &r.position)),
                         last = %display_position(records.last().map(|r| &r.position)),
@@ -456,7 +461,11 @@ impl ShardRunner {
     /// A batch whose one record is above the payload cap can never be invoked: log it
     /// with its sequence number, count it as dropped, checkpoint past it.
     async fn drop_oversized(&mut self, batch: &Batch) -> Result<(), StoreError> {
-        self.ctx.metrics.dropped_events.add(batch.len() as u64);
+        self.ctx
+            .metrics
+            .dropped_events
+            .oversized
+            .add(batch.len() as u64);
         tracing::warn!(
             first = %display_position(batch.first_position()),
             last = %display_position(batch.last_position()),

@@ -12,9 +12,8 @@
 //! says, so handling them now would only handle them twice, and out of order.
 //!
 //! The mapping must have `function_response_types = ["ReportBatchItemFailures"]` for
-//! the response to count. esm does not support that key yet: until it does, esm
-//! ignores the response and treats every batch this handler returns from as a success
-//! (so a poison record is passed over). On AWS Lambda it works today.
+//! the response to count, under esm as on AWS Lambda; without it the response is
+//! ignored and every batch this handler returns from is a success.
 //!
 //! The binaries: `partial-failures-handler` (src/main.rs) is the Lambda function;
 //! `esm-partial-failures` (src/bin/esm-partial-failures.rs) is esm with this handler
