@@ -11,6 +11,7 @@ pub mod batch;
 pub mod event;
 pub mod failure;
 pub mod lineage;
+pub mod on_failure;
 pub mod pacing;
 pub mod record;
 pub mod response;
