@@ -5,9 +5,11 @@
 #   scripts/emulators.sh install        install kinesis-local (npm) if missing
 #   scripts/emulators.sh install-moto   install moto[server] (PyPI) into a venv
 #   scripts/emulators.sh install-python install awslambdaric (PyPI) into a venv
-#   scripts/emulators.sh start          install if needed, start kinesis-local
+#   scripts/emulators.sh start          install if needed, start kinesis-local and
+#                                       the moto server (SQS, SNS, S3, DynamoDB)
 #   scripts/emulators.sh stop           stop what `start` started
-#   scripts/emulators.sh status         exit 0 if the Kinesis port accepts connections
+#   scripts/emulators.sh status         exit 0 if both the Kinesis and the moto
+#                                       ports accept connections
 #   scripts/emulators.sh env            print `export` lines for the AWS SDK:
 #                                         eval "$(scripts/emulators.sh env)"
 #
@@ -16,12 +18,14 @@
 #                          (default: $HOME/.cache/esm-emulators)
 #   ESM_KINESIS_PORT       plain HTTP port of kinesis-local (default: 4567)
 #   ESM_KINESIS_TLS_PORT   TLS/HTTP2 port of kinesis-local (default: 4568)
+#   ESM_MOTO_PORT          port of the moto server (default: 5000)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 EMULATORS_DIR="${ESM_EMULATORS_DIR:-$HOME/.cache/esm-emulators}"
 KINESIS_PORT="${ESM_KINESIS_PORT:-4567}"
 KINESIS_TLS_PORT="${ESM_KINESIS_TLS_PORT:-4568}"
+MOTO_PORT="${ESM_MOTO_PORT:-5000}"
 
 KINESIS_VERSION="0.6.2"
 KINESIS_PREFIX="$EMULATORS_DIR/kinesis"
@@ -32,6 +36,8 @@ KINESIS_PID="$EMULATORS_DIR/kinesis.pid"
 # host; this preload makes it listen on 127.0.0.1 instead (see the file).
 KINESIS_LOOPBACK_PRELOAD="$SCRIPT_DIR/kinesis-loopback.cjs"
 MOTO_VENV="$EMULATORS_DIR/moto-venv"
+MOTO_LOG="$EMULATORS_DIR/moto.log"
+MOTO_PID="$EMULATORS_DIR/moto.pid"
 # Python with AWS's Lambda runtime interface client, for the Runtime API tests.
 PYTHON_VENV="$EMULATORS_DIR/python-venv"
 AWSLAMBDARIC_VERSION="4.2.2"
@@ -89,19 +95,84 @@ cmd_install_moto() {
 	"$MOTO_VENV/bin/python" -c 'import moto.server' || die "moto[server] does not import after install"
 }
 
-# The pid in the pid file, if that process is still a running kinesis-local.
-running_pid() {
-	[[ -f "$KINESIS_PID" ]] || return 1
+# The pid in pid file $1, if that process is still running and its command
+# line contains $2 (a guard against a recycled pid).
+pid_from_file() {
+	[[ -f "$1" ]] || return 1
 	local pid
-	pid="$(cat "$KINESIS_PID" 2>/dev/null || true)"
+	pid="$(cat "$1" 2>/dev/null || true)"
 	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
 	kill -0 "$pid" 2>/dev/null || return 1
-	# Guard against a recycled pid: the process must be our node main.js.
-	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'main.js' || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2" || return 1
 	printf '%s\n' "$pid"
 }
 
+# The pid in the pid file, if that process is still a running kinesis-local.
+running_pid() {
+	pid_from_file "$KINESIS_PID" 'main.js'
+}
+
+# The pid in the moto pid file, if that process is still a running moto server.
+running_moto_pid() {
+	pid_from_file "$MOTO_PID" 'moto.server'
+}
+
+# Ends process $1 (TERM, then KILL after 5 s).
+stop_pid() {
+	local i
+	kill -TERM "$1" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$1" 2>/dev/null || true
+}
+
 cmd_start() {
+	start_kinesis
+	start_moto
+}
+
+start_moto() {
+	local pid
+	if port_open "$MOTO_PORT"; then
+		if pid="$(running_moto_pid)"; then
+			log "moto server already running on 127.0.0.1:$MOTO_PORT (pid $pid)"
+		else
+			log "something already listens on 127.0.0.1:$MOTO_PORT; reusing it as the moto server"
+		fi
+		return 0
+	fi
+	cmd_install_moto
+	mkdir -p "$EMULATORS_DIR"
+	rm -f "$MOTO_PID"
+	log "starting the moto server on 127.0.0.1:$MOTO_PORT, log $MOTO_LOG"
+	# setsid: see start_kinesis.
+	setsid "$MOTO_VENV/bin/python" -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" \
+		</dev/null >"$MOTO_LOG" 2>&1 &
+	pid=$!
+	printf '%s\n' "$pid" >"$MOTO_PID"
+
+	local i
+	for ((i = 0; i < 600; i++)); do
+		if port_open "$MOTO_PORT"; then
+			log "moto server is up (pid $pid)"
+			return 0
+		fi
+		if ! kill -0 "$pid" 2>/dev/null; then
+			rm -f "$MOTO_PID"
+			tail -n 20 "$MOTO_LOG" >&2 || true
+			die "the moto server exited before listening on 127.0.0.1:$MOTO_PORT (log above)"
+		fi
+		sleep 0.1
+	done
+	tail -n 20 "$MOTO_LOG" >&2 || true
+	stop_pid "$pid"
+	rm -f "$MOTO_PID"
+	die "the moto server did not listen on 127.0.0.1:$MOTO_PORT within 60 s"
+}
+
+start_kinesis() {
 	local pid
 	if port_open "$KINESIS_PORT"; then
 		if pid="$(running_pid)"; then
@@ -157,33 +228,43 @@ cmd_start() {
 }
 
 cmd_stop() {
-	local pid i
+	local pid
 	if pid="$(running_pid)"; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 50; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
+		stop_pid "$pid"
 		log "stopped kinesis-local (pid $pid)"
 	fi
 	rm -f "$KINESIS_PID"
+	if pid="$(running_moto_pid)"; then
+		stop_pid "$pid"
+		log "stopped the moto server (pid $pid)"
+	fi
+	rm -f "$MOTO_PID"
 }
 
 cmd_status() {
+	local up=0
 	if port_open "$KINESIS_PORT"; then
 		log "Kinesis emulator listening on 127.0.0.1:$KINESIS_PORT"
-		return 0
+	else
+		log "nothing listens on 127.0.0.1:$KINESIS_PORT (Kinesis emulator)"
+		up=1
 	fi
-	log "nothing listens on 127.0.0.1:$KINESIS_PORT"
-	return 1
+	if port_open "$MOTO_PORT"; then
+		log "moto server listening on 127.0.0.1:$MOTO_PORT"
+	else
+		log "nothing listens on 127.0.0.1:$MOTO_PORT (moto server)"
+		up=1
+	fi
+	return "$up"
 }
 
 cmd_env() {
 	cat <<EOF
 export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:$KINESIS_PORT
+export AWS_ENDPOINT_URL_SQS=http://127.0.0.1:$MOTO_PORT
+export AWS_ENDPOINT_URL_SNS=http://127.0.0.1:$MOTO_PORT
+export AWS_ENDPOINT_URL_S3=http://127.0.0.1:$MOTO_PORT
+export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:$MOTO_PORT
 export AWS_ACCESS_KEY_ID=test
 export AWS_SECRET_ACCESS_KEY=test
 export AWS_REGION=us-east-1
@@ -192,7 +273,7 @@ EOF
 }
 
 usage() {
-	sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
 case "${1:-}" in

@@ -92,6 +92,10 @@ pub struct MappingMetrics {
     pub failed_invoke_events: Counter,
     /// `esm_dropped_events_total{reason}`.
     pub dropped_events: DroppedCounters,
+    /// `esm_on_failure_destination_delivered_events_total`.
+    pub destination_delivered_events: Counter,
+    /// `esm_destination_delivery_failures_total`.
+    pub destination_delivery_failures: Counter,
     /// `esm_get_records_total`.
     pub get_records: GetRecordsCounters,
     /// `esm_invocations_total`.

@@ -4,7 +4,7 @@
 
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
-use super::{Config, StoreConfig};
+use super::{Config, DestinationKind, StoreConfig};
 
 /// Problems for every setting in `config` that esm does not support yet,
 /// as `PATH: not supported yet: KEY = VALUE (why)`.
@@ -75,12 +75,14 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
             );
         }
         if let Some(destination) = &m.on_failure_destination {
-            unsupported(
-                at("destination_config.on_failure.destination"),
-                "destination",
-                quote(&destination.arn),
-                "on-failure destinations are not built yet",
-            );
+            if destination.kind == DestinationKind::S3 {
+                unsupported(
+                    at("destination_config.on_failure.destination"),
+                    "destination",
+                    quote(&destination.arn),
+                    "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
+                );
+            }
         }
     }
     problems

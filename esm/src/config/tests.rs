@@ -336,7 +336,6 @@ fn unsupported_settings_are_each_one_problem() {
             "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
             "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 4 (each shard is read by one batch at a time for now)",
             "mapping[orders].filter_criteria: not supported yet: filter_criteria = ['{\"data\":{\"type\":[\"order\"]}}'] (event filtering is not built yet)",
-            "mapping[orders].destination_config.on_failure.destination: not supported yet: destination = \"arn:aws:sqs:eu-west-1:123456789012:orders-failures\" (on-failure destinations are not built yet)",
             "mapping[payments].tumbling_window_in_seconds: not supported yet: tumbling_window_in_seconds = 900 (tumbling windows are not built yet)",
         ]
     );
@@ -360,6 +359,37 @@ fn supported_non_default_settings_pass() {
             name: "echo".to_string(),
             timeout: Duration::from_secs(30)
         }
+    );
+}
+
+#[test]
+fn sqs_and_sns_destinations_are_supported() {
+    for arn in [
+        "arn:aws:sqs:eu-west-1:123456789012:orders-failures",
+        "arn:aws:sns:eu-west-1:123456789012:orders-failures",
+    ] {
+        let config = valid(&with(&format!(
+            "[mapping.destination_config.on_failure]\ndestination = \"{arn}\""
+        )));
+        assert_eq!(
+            config.mappings[0]
+                .on_failure_destination
+                .as_ref()
+                .map(|d| d.arn.as_str()),
+            Some(arn)
+        );
+    }
+}
+
+#[test]
+fn an_s3_destination_is_not_supported_yet() {
+    assert_eq!(
+        all_problems(&with(
+            "[mapping.destination_config.on_failure]\ndestination = \"arn:aws:s3:::orders-failures\""
+        )),
+        vec![
+            "mapping[orders].destination_config.on_failure.destination: not supported yet: destination = \"arn:aws:s3:::orders-failures\" (S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic)"
+        ]
     );
 }
 

@@ -219,12 +219,31 @@ pub async fn run(
             }
         };
         let client = crate::source::kinesis::client(&spec.region).await;
+        let destination = match &m.on_failure_destination {
+            Some(arn) => {
+                Some(
+                    crate::destination::connect(arn)
+                        .await
+                        .map_err(|e| RunError::Config {
+                            problems: vec![Problem {
+                                path: format!(
+                                    "mapping[{}].destination_config.on_failure.destination",
+                                    m.name
+                                ),
+                                message: e.to_string(),
+                            }],
+                        })?,
+                )
+            }
+            None => None,
+        };
         let ctx = Arc::new(MappingContext {
             spec,
             invoker,
             store: store.clone(),
             metrics: Arc::new(MappingMetrics::default()),
             client,
+            destination,
         });
         let token = mapping_cancel.child_token();
         let name = m.name.clone();

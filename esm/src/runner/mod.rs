@@ -97,4 +97,6 @@ pub struct MappingContext {
     pub metrics: Arc<MappingMetrics>,
     /// Reads the stream.
     pub client: aws_sdk_kinesis::Client,
+    /// Where records given up go; `None`: they are logged and skipped.
+    pub destination: Option<Arc<dyn crate::destination::FailureDestination>>,
 }

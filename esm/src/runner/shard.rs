@@ -394,23 +394,37 @@ impl ShardRunner {
                     range,
                     condition,
                     invocations,
-                    ..
+                    last_failure,
                 } => {
                     let records = &flight.batch.records[range.clone()];
-                    let dropped = &self.ctx.metrics.dropped_events;
-                    match condition {
-                        Condition::RecordAgeExceeded => &dropped.record_age,
-                        Condition::RetryAttemptsExhausted => &dropped.retries_exhausted,
+                    match self.ctx.destination.clone() {
+                        Some(destination) => {
+                            self.deliver(
+                                &*destination,
+                                records,
+                                condition,
+                                invocations,
+                                last_failure,
+                            )
+                            .await;
+                        }
+                        None => {
+                            let dropped = &self.ctx.metrics.dropped_events;
+                            match condition {
+                                Condition::RecordAgeExceeded => &dropped.record_age,
+                                Condition::RetryAttemptsExhausted => &dropped.retries_exhausted,
+                            }
+                            .add(records.len() as u64);
+                            tracing::warn!(
+                                first = %display_position(records.first().map(|r| &r.position)),
+                                last = %display_position(records.last().map(|r| &r.position)),
+                                records = records.len(),
+                                condition = condition.as_str(),
+                                approximate_invoke_count = invocations,
+                                "dropping records: no on-failure destination"
+                            );
+                        }
                     }
-                    .add(records.len() as u64);
-                    tracing::warn!(
-                        first = %display_position(records.first().map(|r| &r.position)),
-                        last = %display_position(records.last().map(|r| &r.position)),
-                        records = records.len(),
-                        condition = condition.as_str(),
-                        approximate_invoke_count = invocations,
-                        "dropping records: no on-failure destination"
-                    );
                     range
                 }
                 Action::Invoke(_) | Action::Wait(_) => continue,
@@ -454,6 +468,64 @@ impl ShardRunner {
             }
             Outcome::NotInvoked { reason } => {
                 tracing::warn!(%first, %last, records, attempt, %reason, "the function could not be invoked; the batch will be retried");
+            }
+        }
+    }
+
+    /// Sends the on-failure record for `records` to the destination, retrying with
+    /// backoff until it is accepted: the checkpoint must not pass records that are
+    /// neither handled nor delivered.
+    async fn deliver(
+        &self,
+        destination: &dyn crate::destination::FailureDestination,
+        records: &[crate::core::record::Record],
+        condition: Condition,
+        invocations: u32,
+        last_failure: crate::core::failure::LastFailure,
+    ) {
+        let spec = &self.ctx.spec;
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let ctx = crate::core::on_failure::GiveUpContext {
+            request_id: &request_id,
+            function_arn: &spec.function_arn,
+            stream_arn: &spec.stream_arn,
+            shard_id: &self.status.shard_id,
+            condition,
+            invocations,
+            last_failure,
+            now: chrono::Utc::now(),
+        };
+        let Some(record) = crate::core::on_failure::on_failure_record(&ctx, records) else {
+            return;
+        };
+        let backoff =
+            crate::core::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+        let mut attempt = 0u32;
+        loop {
+            match destination.send(&record).await {
+                Ok(()) => {
+                    self.ctx
+                        .metrics
+                        .destination_delivered_events
+                        .add(records.len() as u64);
+                    tracing::warn!(
+                        first = %display_position(records.first().map(|r| &r.position)),
+                        last = %display_position(records.last().map(|r| &r.position)),
+                        records = records.len(),
+                        condition = condition.as_str(),
+                        approximate_invoke_count = invocations,
+                        destination = destination.arn(),
+                        "records sent to the on-failure destination"
+                    );
+                    return;
+                }
+                Err(e) => {
+                    self.ctx.metrics.destination_delivery_failures.inc();
+                    let delay = backoff.delay(attempt, rand::random());
+                    attempt = attempt.saturating_add(1);
+                    tracing::error!(error = %e, destination = destination.arn(), ?delay, "cannot send to the on-failure destination; retrying (the checkpoint waits)");
+                    tokio::time::sleep(delay).await;
+                }
             }
         }
     }

@@ -1,0 +1,215 @@
+//! On-failure destinations: where a mapping's records go when their retries or
+//! their age ran out (SPEC §5).
+//!
+//! A destination gets one JSON record per failed batch, Lambda's own shape, and
+//! is told nothing else. The runner owns retrying: the checkpoint never passes a
+//! batch until its send succeeded, so [`FailureDestination::send`] makes exactly
+//! one attempt and says, through [`DestinationError`], whether trying again can
+//! help ([`DestinationError::Transient`]) or needs a person (a missing queue or
+//! topic, a denied permission).
+//!
+//! Clients are built like the Kinesis client (`source::kinesis`): endpoint and
+//! credentials only through the standard AWS provider chain (so
+//! `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL_SNS` point esm at an emulator and the
+//! same binary talks to AWS unchanged), the region taken from the destination's
+//! ARN, and the SDK's own retries off, since the runner backs off and counts.
+//! [`connect`] does no network I/O, so a destination that is briefly unreachable
+//! at startup does not stop esm; the first send finds out.
+//!
+//! Errors are classified by the SDK's error types first, and by error codes only
+//! as a fallback, because emulators (and older AWS APIs) may send no code or a
+//! legacy one (`AWS.SimpleQueueService.NonExistentQueue`).
+
+mod sns;
+mod sqs;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::config::{DestinationArn, DestinationKind};
+
+/// A place on-failure records are sent to: an SQS queue or an SNS topic.
+pub trait FailureDestination: Send + Sync + 'static {
+    /// Sends one on-failure record (SPEC §5), serialized as the message body (SQS) or the Message (SNS).
+    fn send<'a>(
+        &'a self,
+        record: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), DestinationError>>;
+    /// The destination ARN, for logs.
+    fn arn(&self) -> &str;
+}
+
+/// Why an on-failure record could not be sent (or a destination not set up).
+#[derive(Debug, thiserror::Error)]
+pub enum DestinationError {
+    /// The queue or topic does not exist (or is not visible to these
+    /// credentials in that account and region). Retrying helps only once
+    /// someone creates it.
+    #[error("on-failure destination {arn} does not exist: {detail}")]
+    NotFound {
+        /// The destination ARN.
+        arn: String,
+        /// What the service said.
+        detail: String,
+    },
+    /// The credentials esm runs with may not send to the destination.
+    #[error("esm is not allowed to send to on-failure destination {arn}: {detail} (check the IAM policy of the credentials esm runs with)")]
+    Denied {
+        /// The destination ARN.
+        arn: String,
+        /// What the service said.
+        detail: String,
+    },
+    /// The service refused the message itself (too large, malformed), so the same
+    /// message will be refused again.
+    #[error("on-failure destination {arn} rejected the record: {detail}")]
+    Rejected {
+        /// The destination ARN.
+        arn: String,
+        /// What the service said.
+        detail: String,
+    },
+    /// A failure that may pass: network, timeout, throttling, a service error.
+    #[error("could not send to on-failure destination {arn} (will retry): {detail}")]
+    Transient {
+        /// The destination ARN.
+        arn: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A destination kind or ARN esm cannot send to yet.
+    #[error("on-failure destination {arn}: {detail}")]
+    Unsupported {
+        /// The destination ARN.
+        arn: String,
+        /// Why it is not supported.
+        detail: String,
+    },
+}
+
+impl DestinationError {
+    /// True if sending again later may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DestinationError::Transient { .. })
+    }
+}
+
+/// Builds the destination named by `arn`. Does no network I/O: the first
+/// [`FailureDestination::send`] talks to the service.
+pub async fn connect(
+    arn: &DestinationArn,
+) -> Result<Arc<dyn FailureDestination>, DestinationError> {
+    match arn.kind {
+        DestinationKind::Sqs => {
+            let parts = ArnFields::parse(&arn.arn)?;
+            let client = aws_sdk_sqs::Client::new(&sdk_config(parts.region).await);
+            Ok(Arc::new(sqs::SqsDestination::new(client, &arn.arn, parts)))
+        }
+        DestinationKind::Sns => {
+            let parts = ArnFields::parse(&arn.arn)?;
+            let client = aws_sdk_sns::Client::new(&sdk_config(parts.region).await);
+            Ok(Arc::new(sns::SnsDestination::new(client, &arn.arn, parts)))
+        }
+        DestinationKind::S3 => Err(DestinationError::Unsupported {
+            arn: arn.arn.clone(),
+            detail:
+                "S3 on-failure destinations are not supported yet; use an SQS queue or an SNS topic"
+                    .to_string(),
+        }),
+    }
+}
+
+/// The shared SDK configuration for a destination in `region`: the standard
+/// provider chain, SDK retries off, bounded timeouts (as `source::kinesis`).
+async fn sdk_config(region: &str) -> aws_config::SdkConfig {
+    use std::time::Duration;
+
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    use aws_config::{BehaviorVersion, Region};
+
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_string()))
+        .retry_config(RetryConfig::standard().with_max_attempts(1))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// Region, account and resource name of an SQS or SNS ARN
+/// (`arn:PARTITION:SERVICE:REGION:ACCOUNT:NAME`), already validated by
+/// [`DestinationArn::parse`].
+#[derive(Debug, Clone)]
+struct ArnFields<'a> {
+    region: &'a str,
+    account: &'a str,
+    name: &'a str,
+}
+
+impl<'a> ArnFields<'a> {
+    fn parse(arn: &'a str) -> Result<Self, DestinationError> {
+        let fields: Vec<&str> = arn.splitn(6, ':').collect();
+        match fields.as_slice() {
+            ["arn", _, _, region, account, name]
+                if !region.is_empty() && !account.is_empty() && !name.is_empty() =>
+            {
+                Ok(ArnFields {
+                    region,
+                    account,
+                    name,
+                })
+            }
+            _ => Err(DestinationError::Unsupported {
+                arn: arn.to_string(),
+                detail: "expected arn:PARTITION:SERVICE:REGION:ACCOUNT:NAME".to_string(),
+            }),
+        }
+    }
+}
+
+/// Classifies an SDK failure that is not one of the operation's modeled
+/// not-found errors: by error code when the service sent one, else transient.
+fn classify<E, R>(arn: &str, err: &aws_sdk_sqs::error::SdkError<E, R>) -> DestinationError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    use aws_sdk_sqs::error::SdkError;
+    let detail = crate::source::kinesis::describe(err);
+    let arn = arn.to_string();
+    let code = match err {
+        SdkError::ServiceError(service) => service.err().code().unwrap_or_default(),
+        _ => return DestinationError::Transient { arn, detail },
+    };
+    match code {
+        "AccessDenied"
+        | "AccessDeniedException"
+        | "AuthorizationError"
+        | "AuthorizationErrorException"
+        | "KMSAccessDeniedException"
+        | "KmsAccessDenied"
+        | "InvalidSecurity"
+        | "InvalidSecurityException"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException" => DestinationError::Denied { arn, detail },
+        "AWS.SimpleQueueService.NonExistentQueue"
+        | "QueueDoesNotExist"
+        | "NonExistentQueue"
+        | "NotFound"
+        | "NotFoundException" => DestinationError::NotFound { arn, detail },
+        "InvalidMessageContents"
+        | "InvalidParameterValue"
+        | "InvalidParameterValueException"
+        | "InvalidParameter"
+        | "InvalidParameterException" => DestinationError::Rejected { arn, detail },
+        _ => DestinationError::Transient { arn, detail },
+    }
+}

@@ -1,0 +1,215 @@
+//! On-failure destinations end to end: records given up reach an SQS queue (or an
+//! SNS topic, seen through an SQS subscription) as Lambda's on-failure record, and
+//! the checkpoint passes them only once the send succeeded.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use esm_e2e::*;
+
+async fn sqs() -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+async fn sns() -> aws_sdk_sns::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await;
+    aws_sdk_sns::Client::new(&config)
+}
+
+/// The recorder function, then the on-failure destination table (tables come last).
+fn with_destination(arn: &str) -> String {
+    format!("function = \"recorder\"\n[mapping.destination_config.on_failure]\ndestination = \"{arn}\"\n")
+}
+
+/// Creates a queue; returns its URL and ARN.
+async fn queue(client: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    let url = client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url
+        .expect("queue url");
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes");
+    let arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .expect("QueueArn");
+    (url, arn)
+}
+
+/// Receives `n` message bodies (waiting up to 60 s).
+async fn receive(client: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages arrived",
+            out.len()
+        );
+        let got = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("ReceiveMessage");
+        for m in got.messages() {
+            out.push(serde_json::from_str(m.body().unwrap_or_default()).expect("a JSON body"));
+            if let Some(handle) = m.receipt_handle() {
+                client
+                    .delete_message()
+                    .queue_url(url)
+                    .receipt_handle(handle)
+                    .send()
+                    .await
+                    .expect("DeleteMessage");
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poison_record_alone_lands_in_the_sqs_queue() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "dest-sqs", 2).await;
+    let poison_n = 300 + (std::process::id() as usize * 7919) % 1_400;
+    let put = put_records(&client, &stream, 0, 2_000, 100, 64).await;
+    let poison = put[poison_n].clone();
+    let sqs = sqs().await;
+    let (url, arn) = queue(&sqs, &unique_name("failures")).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("\"n\":{poison_n},");
+    let config = write_config_function(
+        dir.path(),
+        "dest-sqs",
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "batch_size = 100\nbisect_batch_on_function_error = true\nfunction_response_types = [\"ReportBatchItemFailures\"]\nmaximum_retry_attempts = 1\n",
+        &with_destination(&arn),
+    );
+    let mut esm = Esm::start(
+        dir.path(),
+        &config,
+        &[("RECORDER_POISON", &marker), ("RECORDER_REPORT", "1")],
+    );
+    wait_for(
+        &mut esm,
+        Duration::from_secs(120),
+        "every record but the poison one",
+        |b| count_records(b) >= 1_999,
+    );
+    let messages = receive(&sqs, &url, 1).await;
+    let batches = esm.stop(Duration::from_secs(30));
+    assert_eq!(count_records(&batches), 1_999);
+
+    let m = &messages[0];
+    let info = &m["KinesisBatchInfo"];
+    assert_eq!(info["batchSize"], 1);
+    assert_eq!(info["startSequenceNumber"], poison.seq.as_str());
+    assert_eq!(info["endSequenceNumber"], poison.seq.as_str());
+    assert_eq!(info["shardId"], poison.shard.as_str());
+    assert_eq!(info["streamArn"], stream_arn(&stream).as_str());
+    assert_eq!(m["requestContext"]["condition"], "RetryAttemptsExhausted");
+    // Every invocation that carried the record counts: the whole batch, the halves
+    // that held it while bisecting (at most log2(100) + 1), then it alone with its
+    // one retry.
+    let invokes = m["requestContext"]["approximateInvokeCount"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (2..=10).contains(&invokes),
+        "approximateInvokeCount {invokes}"
+    );
+    assert_eq!(
+        m["requestContext"]["functionArn"],
+        format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:recorder").as_str()
+    );
+    assert_eq!(
+        m["responseContext"]["functionError"],
+        serde_json::Value::Null,
+        "partial failures: functionError is null"
+    );
+    assert_eq!(m["version"], "1.0");
+    // No other message.
+    let more = sqs
+        .receive_message()
+        .queue_url(&url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("ReceiveMessage");
+    assert!(more.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_batch_reaches_an_sns_topic() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "dest-sns", 1).await;
+    let put = put_records(&client, &stream, 0, 30, 100, 4).await;
+    let (sqs, sns) = (sqs().await, sns().await);
+    let (url, queue_arn) = queue(&sqs, &unique_name("sns-failures")).await;
+    let topic = sns
+        .create_topic()
+        .name(unique_name("failures"))
+        .send()
+        .await
+        .expect("CreateTopic")
+        .topic_arn
+        .expect("topic arn");
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(&queue_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .expect("Subscribe");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_function(
+        dir.path(),
+        "dest-sns",
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "batch_size = 30\nmaximum_retry_attempts = 0\n",
+        &with_destination(&topic),
+    );
+    let mut esm = Esm::start(dir.path(), &config, &[("RECORDER_POISON", "\"n\":10,")]);
+    let messages = receive(&sqs, &url, 1).await;
+    esm.assert_running();
+    esm.stop(Duration::from_secs(30));
+    let m = &messages[0];
+    assert_eq!(m["KinesisBatchInfo"]["batchSize"], 30);
+    assert_eq!(
+        m["KinesisBatchInfo"]["startSequenceNumber"],
+        put[0].seq.as_str()
+    );
+    assert_eq!(
+        m["KinesisBatchInfo"]["endSequenceNumber"],
+        put[29].seq.as_str()
+    );
+    assert_eq!(m["requestContext"]["approximateInvokeCount"], 1);
+    assert_eq!(m["responseContext"]["functionError"], "Unhandled");
+    assert_eq!(m["responseContext"]["statusCode"], 200);
+    assert_eq!(m["responseContext"]["executedVersion"], "$LATEST");
+}
