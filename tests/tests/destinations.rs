@@ -213,3 +213,50 @@ async fn a_failing_batch_reaches_an_sns_topic() {
     assert_eq!(m["responseContext"]["statusCode"], 200);
     assert_eq!(m["responseContext"]["executedVersion"], "$LATEST");
 }
+
+/// A destination that cannot be reached holds the checkpoint: the send is retried
+/// (and logged); killed then, esm reads the records again on restart and delivers
+/// them once the queue exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_checkpoint_waits_for_the_destination() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "dest-wait", 1).await;
+    let put = put_records(&client, &stream, 0, 20, 100, 4).await;
+    let sqs = sqs().await;
+    let name = unique_name("late-queue");
+    // moto's account; the queue does not exist yet.
+    let arn = format!("arn:aws:sqs:{REGION}:123456789012:{name}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_function(
+        dir.path(),
+        "dest-wait",
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "batch_size = 20\nmaximum_retry_attempts = 0\n",
+        &with_destination(&arn),
+    );
+    let env = [("RECORDER_POISON", "\"n\":5,")];
+    let mut esm = Esm::start(dir.path(), &config, &env);
+    wait_for_log(
+        &mut esm,
+        Duration::from_secs(60),
+        "two failed sends",
+        |log| {
+            log.matches("cannot send to the on-failure destination")
+                .count()
+                >= 2
+        },
+    );
+    esm.kill();
+
+    let (url, created_arn) = queue(&sqs, &name).await;
+    assert_eq!(created_arn, arn);
+    let mut esm = Esm::start(dir.path(), &config, &env);
+    let messages = receive(&sqs, &url, 1).await;
+    esm.assert_running();
+    esm.stop(Duration::from_secs(30));
+    let info = &messages[0]["KinesisBatchInfo"];
+    assert_eq!(info["startSequenceNumber"], put[0].seq.as_str());
+    assert_eq!(info["endSequenceNumber"], put[19].seq.as_str());
+}
