@@ -46,12 +46,45 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Replay the batches of on-failure records: re-invoke the mapping's function
+    /// with them, or (with --out) write their records as JSON lines.
+    Replay(ReplayArgs),
     /// Check a config file: exit 0 with a summary, or 2 with one line per problem.
     Validate {
         /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
+}
+
+/// The arguments of `esm replay`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("from").required(true).args(["queue_url", "file", "s3_uri"])))]
+pub struct ReplayArgs {
+    /// The config file (TOML).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// The mapping whose batches these are.
+    #[arg(long)]
+    pub mapping: String,
+    /// Read the on-failure records from this SQS queue.
+    #[arg(long)]
+    pub queue_url: Option<String>,
+    /// Read the on-failure records from this JSON-lines file.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Read the on-failure records from this S3 prefix (not supported yet).
+    #[arg(long)]
+    pub s3_uri: Option<String>,
+    /// Write the records as Kinesis event records (JSON lines) instead of invoking.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Delete a queue message once its whole batch succeeded.
+    #[arg(long)]
+    pub delete: bool,
+    /// Read at most this many on-failure records.
+    #[arg(long)]
+    pub max_messages: Option<usize>,
 }
 
 /// Parses the process arguments and runs the command with `registry`'s handlers.
@@ -76,7 +109,34 @@ pub fn execute(cli: Cli, registry: Registry) -> u8 {
     match cli.command {
         Command::Validate { config } => validate(&config, &registry),
         Command::Run { config } => run(&config, registry),
+        Command::Replay(args) => replay(args, registry),
     }
+}
+
+fn replay(args: ReplayArgs, registry: Registry) -> u8 {
+    let source = match (args.queue_url, args.file, args.s3_uri) {
+        (Some(url), None, None) => crate::replay::ReplaySource::Queue(url),
+        (None, Some(file), None) => crate::replay::ReplaySource::File(file),
+        (None, None, Some(_)) => {
+            eprintln!("not supported yet: --s3-uri");
+            return EXIT_BAD_CONFIG;
+        }
+        _ => {
+            eprintln!("give exactly one of --queue-url, --file, --s3-uri");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    crate::replay::execute(
+        crate::replay::ReplayOptions {
+            config: args.config,
+            mapping: args.mapping,
+            source,
+            out: args.out,
+            delete: args.delete,
+            max_messages: args.max_messages,
+        },
+        registry,
+    )
 }
 
 fn validate(path: &std::path::Path, registry: &Registry) -> u8 {

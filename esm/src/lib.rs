@@ -22,6 +22,7 @@ pub mod destination;
 pub mod invoke;
 pub mod logging;
 pub mod metrics;
+pub mod replay;
 pub mod runner;
 pub mod source;
 pub mod store;

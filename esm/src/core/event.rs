@@ -114,6 +114,13 @@ impl EventEncoder {
         out.extend_from_slice(EVENT_TAIL);
     }
 
+    /// Appends the one JSON object Lambda puts in `Records` for `record`, exactly
+    /// as [`EventEncoder::encode`] writes it inside an event (used by `esm replay
+    /// --out` to write records one per line).
+    pub fn encode_record(&self, record: &Record, out: &mut Vec<u8>) {
+        self.write_record(record, out);
+    }
+
     fn write_record(&self, record: &Record, out: &mut Vec<u8>) {
         let seq = record.sequence().as_str().as_bytes();
         out.extend_from_slice(RECORD_HEAD);
@@ -229,6 +236,26 @@ mod tests {
             data: Bytes::copy_from_slice(data),
             approximate_arrival: Utc.timestamp_millis_opt(millis).unwrap(),
         }
+    }
+
+    #[test]
+    fn encode_record_is_the_records_object_of_the_event() {
+        let enc = EventEncoder::new(&source());
+        let r = record(
+            "49590338271490256608559692538361571095921575989136588898",
+            "k\"1",
+            b"hi\n",
+            1_700_000_000_123,
+        );
+        let mut event = Vec::new();
+        enc.encode([&r], &mut event);
+        let mut one = Vec::new();
+        enc.encode_record(&r, &mut one);
+        let mut expected = EVENT_HEAD.to_vec();
+        expected.extend_from_slice(&one);
+        expected.extend_from_slice(EVENT_TAIL);
+        assert_eq!(event, expected);
+        assert_eq!(one.len(), enc.record_len(&r));
     }
 
     #[test]

@@ -109,14 +109,14 @@ fn find_program(program: &str) -> Result<PathBuf, String> {
 
 /// The worker pools `run` started, and the token that stops them.
 #[derive(Default)]
-struct Workers {
+pub(crate) struct Workers {
     shutdown: CancellationToken,
     pools: Vec<RuntimeApiInvoker>,
 }
 
 impl Workers {
     /// Terminates every worker process and waits until all are gone.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         if self.pools.is_empty() {
             return;
         }
@@ -130,7 +130,7 @@ impl Workers {
 
 /// The invoker for `m`'s function: its registered in-process handler, or a pool of
 /// worker processes, started here and recorded in `workers` to be stopped with them.
-fn resolve_invoker(
+pub(crate) fn resolve_invoker(
     m: &MappingConfig,
     spec: &MappingSpec,
     registry: &Registry,
