@@ -7,8 +7,10 @@
 //!   pacing, the shard graph), time passed in;
 //! - [`source`] — ListShards and GetRecords;
 //! - [`invoke`] — running the function (in-process handlers, registered in a
-//!   [`Registry`]);
+//!   [`Registry`], or worker processes over the Lambda Runtime API);
+//! - [`destination`] — where records given up go (SQS, SNS);
 //! - [`store`] — checkpoints;
+//! - [`replay`] — re-running failed batches from their on-failure records;
 //! - [`runner`] — a loop per mapping and per shard wiring them together;
 //! - [`config`] and [`cli`]: the user-facing contract.
 //!

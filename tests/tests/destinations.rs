@@ -91,8 +91,8 @@ async fn receive(client: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<serde
 async fn the_poison_record_alone_lands_in_the_sqs_queue() {
     let client = kinesis().await;
     let stream = TestStream::create(&client, "dest-sqs", 2).await;
-    let poison_n = 300 + (std::process::id() as usize * 7919) % 1_400;
-    let put = put_records(&client, &stream, 0, 2_000, 100, 64).await;
+    let poison_n = 500 + (std::process::id() as usize * 7919) % 4_000;
+    let put = put_records(&client, &stream, 0, 5_000, 100, 64).await;
     let poison = put[poison_n].clone();
     let sqs = sqs().await;
     let (url, arn) = queue(&sqs, &unique_name("failures")).await;
@@ -116,11 +116,11 @@ async fn the_poison_record_alone_lands_in_the_sqs_queue() {
         &mut esm,
         Duration::from_secs(120),
         "every record but the poison one",
-        |b| count_records(b) >= 1_999,
+        |b| count_records(b) >= 4_999,
     );
     let messages = receive(&sqs, &url, 1).await;
     let batches = esm.stop(Duration::from_secs(30));
-    assert_eq!(count_records(&batches), 1_999);
+    assert_eq!(count_records(&batches), 4_999);
 
     let m = &messages[0];
     let info = &m["KinesisBatchInfo"];
@@ -259,4 +259,127 @@ async fn the_checkpoint_waits_for_the_destination() {
     let info = &messages[0]["KinesisBatchInfo"];
     assert_eq!(info["startSequenceNumber"], put[0].seq.as_str());
     assert_eq!(info["endSequenceNumber"], put[19].seq.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_bisect_the_failing_batch_reaches_the_queue_after_three_invocations() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "dest-retries", 1).await;
+    let put = put_records(&client, &stream, 0, 500, 100, 8).await;
+    let sqs = sqs().await;
+    let (url, arn) = queue(&sqs, &unique_name("retries")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let attempts_file = dir.path().join("attempts.jsonl");
+    let config = write_config_function(
+        dir.path(),
+        "dest-retries",
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "batch_size = 100\nmaximum_retry_attempts = 2\n",
+        &with_destination(&arn),
+    );
+    let attempts_text = attempts_file.display().to_string();
+    let mut esm = Esm::start(
+        dir.path(),
+        &config,
+        &[
+            ("RECORDER_POISON", "\"n\":250,"),
+            ("RECORDER_ATTEMPTS", &attempts_text),
+        ],
+    );
+    let messages = receive(&sqs, &url, 1).await;
+    let m = &messages[0];
+    let size = m["KinesisBatchInfo"]["batchSize"].as_u64().unwrap() as usize;
+    wait_for(
+        &mut esm,
+        Duration::from_secs(60),
+        "the later batches",
+        |b| count_records(b) >= 500 - size,
+    );
+    let batches = esm.stop(Duration::from_secs(30));
+
+    // The failing batch: invoked exactly 3 times, then sent whole.
+    let first = m["KinesisBatchInfo"]["startSequenceNumber"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tries = std::fs::read_to_string(&attempts_file).unwrap();
+    let invocations = tries
+        .lines()
+        .filter(|l| l.contains(&format!("\"first\":\"{first}\"")))
+        .count();
+    assert_eq!(invocations, 3, "invocations of the failing batch:\n{tries}");
+    assert_eq!(m["requestContext"]["approximateInvokeCount"], 3);
+    assert_eq!(m["requestContext"]["condition"], "RetryAttemptsExhausted");
+    assert_eq!(m["responseContext"]["functionError"], "Unhandled");
+    let start = put
+        .iter()
+        .position(|r| r.seq == first)
+        .expect("the batch's first record was put");
+    assert!(
+        (start..start + size).contains(&250),
+        "the batch holds the poison record"
+    );
+    assert_eq!(
+        m["KinesisBatchInfo"]["endSequenceNumber"],
+        put[start + size - 1].seq.as_str()
+    );
+    // Every other record was handled, once, in order: later batches flowed.
+    let handled: Vec<&str> = seqs(&batches).collect();
+    let expected: Vec<&str> = put
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(start..start + size).contains(i))
+        .map(|(_, r)| r.seq.as_str())
+        .collect();
+    assert_eq!(handled, expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_past_their_maximum_age_reach_the_queue_uninvoked() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "dest-age", 1).await;
+    let old = put_records(&client, &stream, 0, 50, 100, 4).await;
+    let sqs = sqs().await;
+    let (url, arn) = queue(&sqs, &unique_name("age")).await;
+    // The smallest maximum age Lambda allows is 60 s.
+    tokio::time::sleep(Duration::from_secs(62)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_function(
+        dir.path(),
+        "dest-age",
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "maximum_record_age_in_seconds = 60\n",
+        &with_destination(&arn),
+    );
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    let mut messages = receive(&sqs, &url, 1).await;
+    while messages
+        .iter()
+        .map(|m| m["KinesisBatchInfo"]["batchSize"].as_u64().unwrap())
+        .sum::<u64>()
+        < 50
+    {
+        messages.extend(receive(&sqs, &url, 1).await);
+    }
+    esm.assert_running();
+    let batches = esm.stop(Duration::from_secs(30));
+    assert_eq!(
+        count_records(&batches),
+        0,
+        "expired records must never be invoked"
+    );
+    for m in &messages {
+        assert_eq!(m["requestContext"]["condition"], "RecordAgeExceeded");
+        assert_eq!(m["requestContext"]["approximateInvokeCount"], 0);
+        assert!(
+            m.get("responseContext").is_none(),
+            "a RecordAgeExceeded record has no responseContext"
+        );
+    }
+    assert_eq!(
+        messages[0]["KinesisBatchInfo"]["startSequenceNumber"],
+        old[0].seq.as_str()
+    );
 }
