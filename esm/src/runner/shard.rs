@@ -1,6 +1,6 @@
 //! The per-shard loop: read, batch, invoke, decide, checkpoint.
 //!
-//! A shard runner is a small actor. Its inputs arrive as [`Event`]s — a page from the
+//! A shard runner is a small actor. Its inputs arrive as `Event`s — a page from the
 //! reader, the end of an invocation, a timer, shutdown — and [`ShardRunner::run`]
 //! handles one at a time against one state struct, [`ShardStatus`], which is what
 //! `/status` will serialise. The rules it follows:
