@@ -31,14 +31,13 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use crate::config::{self, MappingConfig};
 use crate::core::backoff::Backoff;
 use crate::core::event::{EventEncoder, EventSource};
-use crate::core::record::{Position, Record, SequenceNumber};
+use crate::core::record::{Record, SequenceNumber};
 use crate::core::response::{batch_item_failures, Verdict};
 use crate::invoke::{Invocation, Invoker, Outcome, Registry};
 use crate::runner::app::{self, Workers};
@@ -579,25 +578,14 @@ async fn fetch(
         };
         let empty = out.records.is_empty();
         for r in out.records {
-            let Some(sequence) = SequenceNumber::parse(r.sequence_number) else {
+            let Some(record) = crate::source::kinesis::to_record(r) else {
                 continue;
             };
-            if sequence > info.end {
+            if *record.sequence() > info.end {
                 break 'read;
             }
-            let arrival = r
-                .approximate_arrival_timestamp
-                .and_then(|t| t.to_millis().ok())
-                .and_then(DateTime::<Utc>::from_timestamp_millis)
-                .unwrap_or_default();
-            let last = sequence == info.end;
-            records.push(Record {
-                position: Position::whole(sequence),
-                partition_key: r.partition_key.unwrap_or_default(),
-                explicit_hash_key: None,
-                data: Bytes::from(r.data.into_inner()),
-                approximate_arrival: arrival,
-            });
+            let last = *record.sequence() == info.end;
+            records.push(record);
             if last {
                 break 'read;
             }

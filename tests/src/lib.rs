@@ -343,9 +343,13 @@ impl Esm {
     /// Sends SIGTERM, asserts that esm exited successfully within `timeout`, and
     /// returns every batch it recorded.
     pub fn stop(self, timeout: Duration) -> Vec<BatchLine> {
-        let out = self.out.clone();
+        let (out, log) = (self.out.clone(), self.log.clone());
         let status = self.terminate(timeout);
-        assert!(status.success(), "esm exited with {status}");
+        assert!(
+            status.success(),
+            "esm exited with {status}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         read_batches(&out)
     }
 
@@ -735,4 +739,48 @@ pub fn listening_addresses(pid: u32) -> Vec<String> {
         .filter(|l| l.contains(&format!("pid={pid},")))
         .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
         .collect()
+}
+
+/// An SQS client for the emulator (moto, from the standard AWS environment).
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&sdk_config().await)
+}
+
+/// An SNS client for the emulator.
+pub async fn sns() -> aws_sdk_sns::Client {
+    aws_sdk_sns::Client::new(&sdk_config().await)
+}
+
+async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new(REGION))
+        .load()
+        .await
+}
+
+/// Creates an SQS queue; returns its URL and ARN (taken from the service: moto's
+/// account is not kinesis-local's).
+pub async fn queue(client: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let url = client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("CreateQueue")
+        .queue_url
+        .expect("queue url");
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("GetQueueAttributes");
+    let arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .cloned()
+        .expect("QueueArn");
+    (url, arn)
 }

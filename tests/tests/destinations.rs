@@ -4,53 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use esm_e2e::*;
-
-async fn sqs() -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
-}
-
-async fn sns() -> aws_sdk_sns::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .load()
-        .await;
-    aws_sdk_sns::Client::new(&config)
-}
 
 /// The recorder function, then the on-failure destination table (tables come last).
 fn with_destination(arn: &str) -> String {
     format!("function = \"recorder\"\n[mapping.destination_config.on_failure]\ndestination = \"{arn}\"\n")
-}
-
-/// Creates a queue; returns its URL and ARN.
-async fn queue(client: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    let url = client
-        .create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("queue url");
-    let attrs = client
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes");
-    let arn = attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .expect("QueueArn");
-    (url, arn)
 }
 
 /// Receives `n` message bodies (waiting up to 60 s).

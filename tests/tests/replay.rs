@@ -11,39 +11,6 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use base64::Engine as _;
 use esm_e2e::*;
 
-async fn sqs() -> aws_sdk_sqs::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(REGION))
-        .load()
-        .await;
-    aws_sdk_sqs::Client::new(&config)
-}
-
-/// Creates a queue; returns its URL and ARN.
-async fn queue(client: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    let url = client
-        .create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("CreateQueue")
-        .queue_url
-        .expect("queue url");
-    let attrs = client
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("GetQueueAttributes");
-    let arn = attrs
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .cloned()
-        .expect("QueueArn");
-    (url, arn)
-}
-
 /// The number of messages in the queue (visible or not).
 async fn messages_in(client: &aws_sdk_sqs::Client, url: &str) -> usize {
     let attrs = client

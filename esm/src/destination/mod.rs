@@ -122,26 +122,9 @@ pub async fn connect(
     }
 }
 
-/// The shared SDK configuration for a destination in `region`: the standard
-/// provider chain, SDK retries off, bounded timeouts (as `source::kinesis`).
+/// The shared SDK configuration for a destination in `region`.
 async fn sdk_config(region: &str) -> aws_config::SdkConfig {
-    use std::time::Duration;
-
-    use aws_config::retry::RetryConfig;
-    use aws_config::timeout::TimeoutConfig;
-    use aws_config::{BehaviorVersion, Region};
-
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region.to_string()))
-        .retry_config(RetryConfig::standard().with_max_attempts(1))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .operation_attempt_timeout(Duration::from_secs(30))
-                .build(),
-        )
-        .load()
-        .await
+    crate::source::kinesis::sdk_config(region).await
 }
 
 /// Region, account and resource name of an SQS or SNS ARN

@@ -11,10 +11,16 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
-/// A Kinesis client for the stream in `region`.
-pub async fn client(region: &str) -> aws_sdk_kinesis::Client {
-    let shared = aws_config::defaults(BehaviorVersion::latest())
+use crate::core::record::{Position, Record, SequenceNumber};
+
+/// The shared SDK configuration for AWS calls in `region`: the standard provider
+/// chain, SDK retries off (callers pace and back off themselves), bounded timeouts.
+/// Every AWS client esm makes (Kinesis, SQS, SNS) starts from it.
+pub async fn sdk_config(region: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
         .retry_config(RetryConfig::standard().with_max_attempts(1))
         .timeout_config(
@@ -24,8 +30,30 @@ pub async fn client(region: &str) -> aws_sdk_kinesis::Client {
                 .build(),
         )
         .load()
-        .await;
-    aws_sdk_kinesis::Client::new(&shared)
+        .await
+}
+
+/// A Kinesis client for the stream in `region`.
+pub async fn client(region: &str) -> aws_sdk_kinesis::Client {
+    aws_sdk_kinesis::Client::new(&sdk_config(region).await)
+}
+
+/// A record as GetRecords returned it, as esm's [`Record`]; `None` when its sequence
+/// number is malformed.
+pub fn to_record(r: aws_sdk_kinesis::types::Record) -> Option<Record> {
+    let sequence = SequenceNumber::parse(r.sequence_number)?;
+    let arrival = r
+        .approximate_arrival_timestamp
+        .and_then(|t| t.to_millis().ok())
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .unwrap_or_default();
+    Some(Record {
+        position: Position::whole(sequence),
+        partition_key: r.partition_key.unwrap_or_default(),
+        explicit_hash_key: None,
+        data: Bytes::from(r.data.into_inner()),
+        approximate_arrival: arrival,
+    })
 }
 
 /// A short description of an SDK error for a log line: the service's error code and

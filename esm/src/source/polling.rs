@@ -14,15 +14,13 @@ use std::time::Instant;
 use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::kinesis::describe;
 use super::{Page, ReadFrom, SourceError};
 use crate::core::pacing::{CallResult, PollPacer};
-use crate::core::record::{Position, Record, SequenceNumber};
+use crate::core::record::SequenceNumber;
 use crate::metrics::MappingMetrics;
 
 /// The most records one GetRecords call may return.
@@ -215,24 +213,12 @@ impl PollingReader {
         self.metrics.get_records.ok.inc();
         let mut records = Vec::with_capacity(out.records.len());
         for r in out.records {
-            let Some(sequence) = SequenceNumber::parse(r.sequence_number) else {
-                tracing::error!(
+            match super::kinesis::to_record(r) {
+                Some(record) => records.push(record),
+                None => tracing::error!(
                     "GetRecords returned a record with a malformed sequence number; skipping it"
-                );
-                continue;
-            };
-            let arrival = r
-                .approximate_arrival_timestamp
-                .and_then(|t| t.to_millis().ok())
-                .and_then(DateTime::<Utc>::from_timestamp_millis)
-                .unwrap_or_default();
-            records.push(Record {
-                position: Position::whole(sequence),
-                partition_key: r.partition_key.unwrap_or_default(),
-                explicit_hash_key: None,
-                data: Bytes::from(r.data.into_inner()),
-                approximate_arrival: arrival,
-            });
+                ),
+            }
         }
         if let Some(last) = records.last() {
             self.last_read = Some(last.sequence().clone());
