@@ -160,6 +160,21 @@ fn validate(path: &std::path::Path, registry: &Registry) -> u8 {
     }
 }
 
+/// The multi-threaded tokio runtime the commands run on; `None` (after saying why on
+/// stderr) when it cannot start.
+pub(crate) fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
 fn run(path: &std::path::Path, registry: Registry) -> u8 {
     crate::logging::init();
     let cfg = match config::load(path) {
@@ -169,15 +184,8 @@ fn run(path: &std::path::Path, registry: Registry) -> u8 {
             return EXIT_BAD_CONFIG;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return EXIT_FAILURE;
-        }
+    let Some(runtime) = async_runtime() else {
+        return EXIT_FAILURE;
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

@@ -149,15 +149,8 @@ pub fn execute(options: ReplayOptions, registry: Registry) -> u8 {
         eprintln!("--delete needs --queue-url");
         return EXIT_BAD_CONFIG;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return EXIT_FAILURE;
-        }
+    let Some(runtime) = crate::cli::async_runtime() else {
+        return EXIT_FAILURE;
     };
     runtime.block_on(replay(&options, mapping, &registry))
 }
