@@ -29,5 +29,8 @@ pub mod runner;
 pub mod source;
 pub mod store;
 
+#[cfg(test)]
+mod sim_clock;
+
 pub use handler_sdk;
 pub use invoke::Registry;

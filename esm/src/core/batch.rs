@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn window_zero_invokes_with_what_was_read() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         let mut b = Batcher::new(BatchLimits::new(100, Duration::ZERO), encoder());
         for n in 0..3 {
             b.push(record(n, 10), t0);
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn waits_for_the_window_unless_full() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         let window = Duration::from_secs(5);
         let mut b = Batcher::new(BatchLimits::new(3, window), encoder());
         b.push(record(0, 10), t0);
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn the_payload_cap_closes_a_batch() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         // 1.5 MB of data becomes 2 MB of base64: three fit in 6 MB, four do not.
         let mut b = Batcher::new(BatchLimits::new(10_000, Duration::from_secs(60)), encoder());
         for n in 0..4 {
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_record_too_large_alone_comes_out_alone() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         let limits = BatchLimits {
             max_records: 10,
             window: Duration::ZERO,
@@ -298,7 +298,7 @@ mod tests {
             let limits = BatchLimits { max_records, window: Duration::from_millis(window_ms), max_event_bytes };
             let enc = encoder();
             let mut b = Batcher::new(limits, enc.clone());
-            let t0 = Instant::now();
+            let t0 = crate::sim_clock::origin();
             let mut now = t0;
             let (mut pushed, mut out) = (0u64, Vec::new());
             for s in steps {

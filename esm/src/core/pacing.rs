@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn caught_up_polls_once_a_second_and_behind_polls_at_the_budget() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         let mut p = PollPacer::new(5.0);
         assert_eq!(p.next_call_at(), None);
         p.record(t0, CallResult::Read { behind: false }, 0.5);
@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn a_small_budget_slows_even_the_idle_poll() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         let mut p = PollPacer::new(0.5);
         p.record(t0, CallResult::Read { behind: false }, 0.5);
         assert_eq!(p.next_call_at(), Some(t0 + Duration::from_secs(2)));
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn throttling_backs_off_and_a_read_resets_it() {
-        let t0 = Instant::now();
+        let t0 = crate::sim_clock::origin();
         let mut p = PollPacer::new(5.0);
         let mut last = Duration::ZERO;
         for _ in 0..6 {
@@ -135,7 +135,7 @@ mod tests {
             jitter in 0.0f64..1.0,
         ) {
             let mut p = PollPacer::new(calls);
-            let mut now = Instant::now();
+            let mut now = crate::sim_clock::origin();
             let min = Duration::from_secs_f64(1.0 / calls);
             for r in results {
                 let result = match r {
