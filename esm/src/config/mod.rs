@@ -45,7 +45,19 @@ pub use support::check_supported;
 use walk::{Positions, Reader, Sink};
 
 /// The keys the root table may have.
-const ROOT_KEYS: &[&str] = &["shutdown_timeout_seconds", "store", "server", "mapping"];
+const ROOT_KEYS: &[&str] = &[
+    "shutdown_timeout_seconds",
+    "max_buffered_mb",
+    "store",
+    "server",
+    "mapping",
+];
+
+/// `max_buffered_mb` when the file gives none: 1 GiB.
+const DEFAULT_MAX_BUFFERED_MB: i64 = 1024;
+
+/// Bytes in one MiB, the unit of `max_buffered_mb`.
+const MIB: usize = 1024 * 1024;
 
 /// The keys `[store]` may have.
 const STORE_KEYS: &[&str] = &["kind", "path", "table"];
@@ -68,6 +80,10 @@ pub struct Config {
     /// How long a shutdown waits for in-flight invocations
     /// (`shutdown_timeout_seconds`, 0..=3600, default 30).
     pub shutdown_timeout: Duration,
+    /// The process-wide memory budget, in bytes, for records held by all
+    /// shards of all mappings (read and not yet done): `max_buffered_mb`
+    /// (an esm extension, 16..=1048576 MiB, default 1024) × 1024 × 1024.
+    pub max_buffered_bytes: usize,
     /// Where checkpoints and leases are kept (`[store]`).
     pub store: StoreConfig,
     /// The metrics and health server; `None` when there is no `[server]` table.
@@ -264,6 +280,13 @@ fn read_config(table: &Table, base_dir: &Path, sink: &mut Sink) -> Config {
         .int_in(sink, "shutdown_timeout_seconds", 0..=3600)
         .and_then(|s| u64::try_from(s).ok())
         .map_or(Duration::from_secs(30), Duration::from_secs);
+    let max_buffered_mb = root
+        .int_in(sink, "max_buffered_mb", 16..=1_048_576)
+        .unwrap_or(DEFAULT_MAX_BUFFERED_MB);
+    let max_buffered_bytes = usize::try_from(max_buffered_mb)
+        .ok()
+        .and_then(|mb| mb.checked_mul(MIB))
+        .unwrap_or(usize::MAX);
     let store = read_store(&root, base_dir, sink);
     let server = root.table(sink, "server", SERVER_KEYS).map(|server| {
         server.check_unknown(sink);
@@ -288,6 +311,7 @@ fn read_config(table: &Table, base_dir: &Path, sink: &mut Sink) -> Config {
     let mappings = mapping::read_mappings(&root, sink);
     Config {
         shutdown_timeout,
+        max_buffered_bytes,
         store,
         server,
         mappings,

@@ -49,14 +49,6 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
                 "enhanced fan-out is not built yet; use the stream ARN",
             );
         }
-        if m.parallelization_factor > 1 {
-            unsupported(
-                at("parallelization_factor"),
-                "parallelization_factor",
-                m.parallelization_factor.to_string(),
-                "each shard is read by one batch at a time for now",
-            );
-        }
         if !m.tumbling_window.is_zero() {
             unsupported(
                 at("tumbling_window_in_seconds"),

@@ -109,6 +109,7 @@ deaggregate = true                                # KPL aggregated records arriv
 fn spec_example_parses_to_its_values() {
     let config = valid(SPEC_EXAMPLE);
     assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.max_buffered_bytes, 1024 * 1024 * 1024);
     assert_eq!(
         config.store,
         StoreConfig::Local {
@@ -197,6 +198,7 @@ fn minimal_fixture_gets_every_default() {
 /// Every setting, including those not supported yet.
 const EVERYTHING: &str = r#"
 shutdown_timeout_seconds = 5
+max_buffered_mb = 4096
 
 [store]
 kind = "dynamodb"
@@ -247,6 +249,7 @@ fn every_setting_is_read() {
     let (config, problems) = validation(EVERYTHING);
     assert_eq!(problems, Vec::<String>::new());
     assert_eq!(config.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(config.max_buffered_bytes, 4096 * 1024 * 1024);
     assert_eq!(
         config.store,
         StoreConfig::DynamoDb {
@@ -334,7 +337,6 @@ fn unsupported_settings_are_each_one_problem() {
             "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
             "server: not supported yet: [server] listen = \"0.0.0.0:9100\" (the metrics and health server is not built yet; remove [server])",
             "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
-            "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 4 (each shard is read by one batch at a time for now)",
             "mapping[orders].filter_criteria: not supported yet: filter_criteria = ['{\"data\":{\"type\":[\"order\"]}}'] (event filtering is not built yet)",
             "mapping[payments].tumbling_window_in_seconds: not supported yet: tumbling_window_in_seconds = 900 (tumbling windows are not built yet)",
         ]
@@ -500,6 +502,59 @@ fn parallelization_factor_bounds() {
             ("0", "0 is out of range 1..=10"),
             ("11", "11 is out of range 1..=10"),
         ],
+    );
+}
+
+#[test]
+fn parallelization_factor_above_one_is_supported() {
+    for factor in [2, 10] {
+        let config = valid(&with(&format!("parallelization_factor = {factor}")));
+        assert_eq!(config.mappings[0].parallelization_factor, factor);
+    }
+}
+
+#[test]
+fn max_buffered_mb_defaults_to_one_gib() {
+    assert_eq!(valid(BASE).max_buffered_bytes, 1024 * 1024 * 1024);
+}
+
+#[test]
+fn max_buffered_mb_valid_values() {
+    for mb in [16usize, 100, 1_048_576] {
+        let config = valid(&with_root(&format!("max_buffered_mb = {mb}")));
+        assert_eq!(config.max_buffered_bytes, mb * 1024 * 1024, "{mb}");
+    }
+}
+
+#[test]
+fn max_buffered_mb_bounds() {
+    for bad in ["5", "15", "0", "-1", "1048577"] {
+        assert_eq!(
+            all_problems(&with_root(&format!("max_buffered_mb = {bad}"))),
+            vec![format!(
+                "max_buffered_mb: {bad} is out of range 16..=1048576"
+            )]
+        );
+    }
+}
+
+#[test]
+fn max_buffered_mb_wrong_type() {
+    assert_eq!(
+        all_problems(&with_root("max_buffered_mb = \"1024\"")),
+        vec!["max_buffered_mb: expected an integer, found string \"1024\""]
+    );
+    assert_eq!(
+        all_problems(&with_root("max_buffered_mb = 1024.0")),
+        vec!["max_buffered_mb: expected an integer, found float 1024.0"]
+    );
+}
+
+#[test]
+fn max_buffered_mb_misspelled_gets_a_suggestion() {
+    assert_eq!(
+        all_problems(&with_root("max_buffered_mib = 1024")),
+        vec!["max_buffered_mib: unknown key (did you mean max_buffered_mb?)"]
     );
 }
 
@@ -1140,7 +1195,7 @@ fn server_listen() {
 #[test]
 fn problems_come_in_file_order_then_unsupported() {
     let text = format!(
-        "{}\nparallelization_factor = 2\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
+        "{}\ntumbling_window_in_seconds = 60\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
         BASE.replace("function = \"echo\"\n", "")
     );
     assert_eq!(
@@ -1149,7 +1204,7 @@ fn problems_come_in_file_order_then_unsupported() {
             "shutdown_timeout_seconds: -5 is out of range 0..=3600",
             "mapping[orders].zzz: unknown key",
             "mapping[orders].batch_size: 0 is out of range 1..=10000",
-            "mapping[orders].parallelization_factor: not supported yet: parallelization_factor = 2 (each shard is read by one batch at a time for now)",
+            "mapping[orders].tumbling_window_in_seconds: not supported yet: tumbling_window_in_seconds = 60 (tumbling windows are not built yet)",
         ]
     );
 }
