@@ -19,7 +19,7 @@ use handler_sdk::{service_fn, Error, LambdaEvent};
 fn records(count: usize, size: usize) -> Vec<Record> {
     (0..count)
         .map(|i| Record {
-            position: Position::whole(
+            position: Position::plain(
                 SequenceNumber::parse(format!(
                     "4959033827149025660855969253836157109592157598{i:010}"
                 ))
@@ -52,8 +52,8 @@ fn batch_and_encode(input: &[Record], batch_size: usize) -> (Duration, usize, us
     let (mut batches, mut bytes) = (0, 0);
     let now = Instant::now();
     let started = Instant::now();
-    for r in input {
-        batcher.push(r.clone(), now);
+    for (ordinal, r) in (0u64..).zip(input) {
+        batcher.push(r.clone(), ordinal, now);
         if batcher.pending_len() >= batch_size {
             while let Some(batch) = batcher.next_batch(now, false) {
                 batcher.encoder().encode(&batch.records, &mut buf);
@@ -85,10 +85,10 @@ async fn through_handler(input: &[Record], batch_size: usize) -> (Duration, usiz
     let now = Instant::now();
     let started = Instant::now();
     let mut handled = 0;
-    let mut feed = input.iter();
+    let mut feed = (0u64..).zip(input);
     loop {
-        for r in feed.by_ref().take(batch_size) {
-            batcher.push(r.clone(), now);
+        for (ordinal, r) in feed.by_ref().take(batch_size) {
+            batcher.push(r.clone(), ordinal, now);
         }
         let Some(batch) = batcher.next_batch(now, true) else {
             break;

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::core::failure::Outcome;
+use crate::core::failure::{Condition, Outcome};
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]
@@ -79,6 +79,18 @@ pub struct DroppedCounters {
     pub retries_exhausted: Counter,
     /// `reason="oversized"` (esm's: a record above the payload cap by itself).
     pub oversized: Counter,
+}
+
+impl DroppedCounters {
+    /// The counter for records given up with `condition` (its `reason` label is
+    /// [`Condition::drop_reason`]).
+    pub fn by_condition(&self, condition: Condition) -> &Counter {
+        match condition {
+            Condition::RecordAgeExceeded => &self.record_age,
+            Condition::RetryAttemptsExhausted => &self.retries_exhausted,
+            Condition::PayloadTooLarge => &self.oversized,
+        }
+    }
 }
 
 /// The counters of one mapping.

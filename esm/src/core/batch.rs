@@ -46,12 +46,17 @@ impl BatchLimits {
 }
 
 /// Records handed to the function in one invocation, oldest first.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
     /// The records, in shard order.
     pub records: Vec<Record>,
+    /// Each record's arrival ordinal in its shard (the checkpoint tracker's key), in
+    /// step with `records`.
+    pub ordinals: Vec<u64>,
     /// The exact size of the serialized event for these records.
     pub event_len: usize,
+    /// The memory the records hold ([`Record::memory_size`], summed).
+    pub memory: usize,
 }
 
 impl Batch {
@@ -82,13 +87,24 @@ impl Batch {
     }
 }
 
+/// A record waiting in the batcher.
+#[derive(Debug)]
+struct Pending {
+    record: Record,
+    /// The bytes it adds to an event.
+    event_len: usize,
+    /// Its arrival ordinal in the shard.
+    ordinal: u64,
+}
+
 /// Gathers records into batches.
 #[derive(Debug)]
 pub struct Batcher {
     limits: BatchLimits,
     encoder: EventEncoder,
-    /// Pending records with the bytes each adds to an event.
-    pending: VecDeque<(Record, usize)>,
+    pending: VecDeque<Pending>,
+    /// The memory the pending records hold.
+    pending_memory: usize,
     /// When the current window opened: the arrival of the oldest pending record.
     window_opened: Option<Instant>,
 }
@@ -100,6 +116,7 @@ impl Batcher {
             limits,
             encoder,
             pending: VecDeque::new(),
+            pending_memory: 0,
             window_opened: None,
         }
     }
@@ -114,18 +131,29 @@ impl Batcher {
         &self.encoder
     }
 
-    /// Adds a record read at `now`.
-    pub fn push(&mut self, record: Record, now: Instant) {
-        let len = self.encoder.record_len(&record);
+    /// Adds a record read at `now`, with its arrival ordinal in the shard (any
+    /// increasing number; the batches carry it back out).
+    pub fn push(&mut self, record: Record, ordinal: u64, now: Instant) {
+        let event_len = self.encoder.record_len(&record);
         if self.pending.is_empty() {
             self.window_opened = Some(now);
         }
-        self.pending.push_back((record, len));
+        self.pending_memory += record.memory_size();
+        self.pending.push_back(Pending {
+            record,
+            event_len,
+            ordinal,
+        });
     }
 
-    /// How many records wait to be batched (the runner stops reading above a bound).
+    /// How many records wait to be batched.
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The memory the records waiting to be batched hold.
+    pub fn pending_memory(&self) -> usize {
+        self.pending_memory
     }
 
     /// When the window of the pending records closes, if any are pending.
@@ -143,13 +171,24 @@ impl Batcher {
         if !(full || window_closed || flush) {
             return None;
         }
-        let records: Vec<Record> = self.pending.drain(..count).map(|(r, _)| r).collect();
+        let mut batch = Batch {
+            records: Vec::with_capacity(count),
+            ordinals: Vec::with_capacity(count),
+            event_len,
+            memory: 0,
+        };
+        for pending in self.pending.drain(..count) {
+            batch.memory += pending.record.memory_size();
+            batch.records.push(pending.record);
+            batch.ordinals.push(pending.ordinal);
+        }
+        self.pending_memory -= batch.memory;
         self.window_opened = if self.pending.is_empty() {
             None
         } else {
             Some(now)
         };
-        Some(Batch { records, event_len })
+        Some(batch)
     }
 
     /// How many pending records fit in one batch, and the event size for them. Always
@@ -157,11 +196,11 @@ impl Batcher {
     fn fitting_prefix(&self) -> (usize, usize) {
         let mut len = EventEncoder::empty_event_len();
         let mut count = 0;
-        for (i, (_, record_len)) in self.pending.iter().enumerate() {
+        for (i, pending) in self.pending.iter().enumerate() {
             if count == self.limits.max_records {
                 break;
             }
-            let next = len + record_len + usize::from(i > 0);
+            let next = len + pending.event_len + usize::from(i > 0);
             if next > self.limits.max_event_bytes && count > 0 {
                 break;
             }
@@ -192,7 +231,7 @@ mod tests {
 
     fn record(n: u64, size: usize) -> Record {
         Record {
-            position: Position::whole(SequenceNumber::parse((1000 + n).to_string()).unwrap()),
+            position: Position::plain(SequenceNumber::parse((1000 + n).to_string()).unwrap()),
             partition_key: format!("k{}", n % 7),
             explicit_hash_key: None,
             data: Bytes::from(vec![b'x'; size]),
@@ -205,7 +244,7 @@ mod tests {
         let t0 = crate::sim_clock::origin();
         let mut b = Batcher::new(BatchLimits::new(100, Duration::ZERO), encoder());
         for n in 0..3 {
-            b.push(record(n, 10), t0);
+            b.push(record(n, 10), n, t0);
         }
         let batch = b.next_batch(t0, false).unwrap();
         assert_eq!(batch.len(), 3);
@@ -218,13 +257,13 @@ mod tests {
         let t0 = crate::sim_clock::origin();
         let window = Duration::from_secs(5);
         let mut b = Batcher::new(BatchLimits::new(3, window), encoder());
-        b.push(record(0, 10), t0);
-        b.push(record(1, 10), t0 + Duration::from_secs(1));
+        b.push(record(0, 10), 0, t0);
+        b.push(record(1, 10), 1, t0 + Duration::from_secs(1));
         assert!(b.next_batch(t0 + Duration::from_secs(4), false).is_none());
         assert_eq!(b.wake_at(), Some(t0 + window));
         assert_eq!(b.next_batch(t0 + window, false).unwrap().len(), 2);
         for n in 2..6 {
-            b.push(record(n, 10), t0 + window);
+            b.push(record(n, 10), n, t0 + window);
         }
         assert_eq!(b.next_batch(t0 + window, false).unwrap().len(), 3);
         assert!(b.next_batch(t0 + window, false).is_none());
@@ -237,7 +276,7 @@ mod tests {
         // 1.5 MB of data becomes 2 MB of base64: three fit in 6 MB, four do not.
         let mut b = Batcher::new(BatchLimits::new(10_000, Duration::from_secs(60)), encoder());
         for n in 0..4 {
-            b.push(record(n, 1_500_000), t0);
+            b.push(record(n, 1_500_000), n, t0);
         }
         let batch = b.next_batch(t0, false).unwrap();
         assert_eq!(batch.len(), 3);
@@ -258,8 +297,8 @@ mod tests {
             max_event_bytes: 1_000,
         };
         let mut b = Batcher::new(limits, encoder());
-        b.push(record(0, 2_000), t0);
-        b.push(record(1, 10), t0);
+        b.push(record(0, 2_000), 0, t0);
+        b.push(record(1, 10), 1, t0);
         let first = b.next_batch(t0, false).unwrap();
         assert_eq!(first.len(), 1);
         assert!(first.oversized(&limits));
@@ -303,7 +342,7 @@ mod tests {
             let (mut pushed, mut out) = (0u64, Vec::new());
             for s in steps {
                 match s {
-                    Step::Push(size) => { b.push(record(pushed, size), now); pushed += 1; }
+                    Step::Push(size) => { b.push(record(pushed, size), pushed, now); pushed += 1; }
                     Step::Advance(ms) => now += Duration::from_millis(ms),
                     Step::Poll | Step::Flush => {
                         let flush = matches!(s, Step::Flush);
@@ -314,6 +353,8 @@ mod tests {
                                 prop_assert!(!batch.is_empty());
                                 prop_assert!(batch.len() <= max_records);
                                 prop_assert_eq!(batch.event_len, enc.event_len(&batch.records));
+                                prop_assert_eq!(batch.memory, batch.records.iter().map(Record::memory_size).sum::<usize>());
+                                prop_assert_eq!(batch.ordinals.len(), batch.len());
                                 prop_assert!(batch.event_len <= max_event_bytes || batch.len() == 1);
                                 let full = batch.len() == max_records || batch.len() < was_pending;
                                 prop_assert!(full || flush || wake.is_some_and(|w| now >= w));

@@ -230,7 +230,7 @@ mod tests {
 
     fn record(seq: &str, key: &str, data: &[u8], millis: i64) -> Record {
         Record {
-            position: Position::whole(SequenceNumber::parse(seq).unwrap()),
+            position: Position::plain(SequenceNumber::parse(seq).unwrap()),
             partition_key: key.into(),
             explicit_hash_key: None,
             data: Bytes::copy_from_slice(data),

@@ -10,7 +10,9 @@
 //! - with `ReportBatchItemFailures`, the records before the lowest failed sequence
 //!   number are done, and the failed remainder is what the two rules above apply to;
 //! - records older than `maximum_record_age_in_seconds` are never invoked: the expired
-//!   prefix of the piece about to be invoked is given up (`RecordAgeExceeded`);
+//!   prefix of the piece about to be invoked is given up (`RecordAgeExceeded`); with
+//!   `-1` the stream's retention period stands in for it, because a record past it is
+//!   gone from the stream and must not be retried from memory forever;
 //! - an invocation that could not happen at all (throttled, no worker) consumes no
 //!   retry and is tried again after a backoff.
 //!
@@ -78,8 +80,11 @@ impl Outcome {
 pub enum Condition {
     /// `maximum_retry_attempts` ran out.
     RetryAttemptsExhausted,
-    /// The records passed `maximum_record_age_in_seconds`.
+    /// The records passed `maximum_record_age_in_seconds` (or the stream's retention).
     RecordAgeExceeded,
+    /// esm's own: a single record whose event alone is above the 6 MB payload cap, so
+    /// it can never be invoked.
+    PayloadTooLarge,
 }
 
 impl Condition {
@@ -88,6 +93,7 @@ impl Condition {
         match self {
             Condition::RetryAttemptsExhausted => "RetryAttemptsExhausted",
             Condition::RecordAgeExceeded => "RecordAgeExceeded",
+            Condition::PayloadTooLarge => "PayloadTooLarge",
         }
     }
 }
@@ -133,6 +139,9 @@ pub struct FailureRules {
     pub max_retries: Option<u32>,
     /// `maximum_record_age_in_seconds`; `None` is -1.
     pub max_age: Option<Duration>,
+    /// The stream's retention period, once read: the effective maximum age when
+    /// `max_age` is -1.
+    pub retention: Option<Duration>,
     /// `bisect_batch_on_function_error`.
     pub bisect: bool,
     /// `function_response_types = ["ReportBatchItemFailures"]`.
@@ -146,10 +155,19 @@ impl Default for FailureRules {
         Self {
             max_retries: None,
             max_age: None,
+            retention: None,
             bisect: false,
             report_item_failures: false,
             retry_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
         }
+    }
+}
+
+impl FailureRules {
+    /// The age past which records are given up (`RecordAgeExceeded`):
+    /// `maximum_record_age_in_seconds`, or with -1 the stream's retention period.
+    pub fn effective_max_age(&self) -> Option<Duration> {
+        self.max_age.or(self.retention)
     }
 }
 
@@ -221,7 +239,7 @@ impl BatchProgress {
         if let Some(wait) = piece.wait.take() {
             return Some(Action::Wait(wait));
         }
-        if let Some(max_age) = rules.max_age {
+        if let Some(max_age) = rules.effective_max_age() {
             let expired = batch.records[piece.range.clone()]
                 .iter()
                 .take_while(|r| {

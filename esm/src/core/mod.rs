@@ -8,10 +8,13 @@
 
 pub mod backoff;
 pub mod batch;
+pub mod checkpoint;
 pub mod event;
 pub mod failure;
 pub mod lineage;
 pub mod on_failure;
 pub mod pacing;
+pub mod partition;
 pub mod record;
 pub mod response;
+pub mod shard;

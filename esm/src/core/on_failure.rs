@@ -80,7 +80,7 @@ mod tests {
 
     fn record(seq: &str, millis: i64) -> Record {
         Record {
-            position: Position::whole(SequenceNumber::parse(seq).unwrap()),
+            position: Position::plain(SequenceNumber::parse(seq).unwrap()),
             partition_key: "k".into(),
             explicit_hash_key: None,
             data: Bytes::new(),

@@ -2,11 +2,14 @@
 //!
 //! Kinesis sequence numbers are decimal strings of up to 128 digits, larger than any
 //! machine integer, so [`SequenceNumber`] orders them numerically by length first and
-//! then digit by digit. A [`Position`] is a sequence number plus an optional
-//! sub-sequence: once KPL de-aggregation lands, one Kinesis record expands into several
-//! user records that share a sequence number, and checkpoints and `batchItemFailures`
-//! must be able to point between them. Until then the sub-sequence is always `None`,
-//! meaning "the whole Kinesis record".
+//! then digit by digit. A [`Position`] is a sequence number plus a sub-sequence number:
+//! a KPL aggregated Kinesis record holds several user records that share its sequence
+//! number, and checkpoints and `batchItemFailures` must be able to point between them.
+//! A plain record is user record 0 of its Kinesis record.
+//!
+//! Checkpoints written before sub-sequence numbers were stored have none; they meant
+//! "the whole Kinesis record is done", and read back as [`Position::WHOLE_RECORD`],
+//! which sorts after every user record of that Kinesis record.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -77,39 +80,48 @@ impl fmt::Debug for SequenceNumber {
     }
 }
 
-/// A point in a shard: everything at or before it is done.
-///
-/// `sub_sequence: None` covers the whole Kinesis record; `Some(n)` (KPL user records,
-/// later) covers user records `0..=n` of it. `None` sorts after every `Some`.
+/// A point in a shard: one user record of one Kinesis record. A checkpoint at a
+/// position means every record at or before it is done.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Position {
     /// The Kinesis sequence number.
     pub sequence: SequenceNumber,
-    /// The user record within an aggregated record, when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sub_sequence: Option<u64>,
+    /// The user record within the Kinesis record: 0 for a plain record.
+    #[serde(default = "whole_record")]
+    pub sub_sequence: u64,
+}
+
+fn whole_record() -> u64 {
+    Position::WHOLE_RECORD
 }
 
 impl Position {
-    /// The position covering a whole Kinesis record.
-    pub fn whole(sequence: SequenceNumber) -> Self {
+    /// The sub-sequence of a checkpoint that covers a whole Kinesis record, whatever it
+    /// holds (how checkpoints stored without a sub-sequence read back).
+    pub const WHOLE_RECORD: u64 = u64::MAX;
+
+    /// The position of a plain (not aggregated) record: user record 0.
+    pub fn plain(sequence: SequenceNumber) -> Self {
         Self {
             sequence,
-            sub_sequence: None,
+            sub_sequence: 0,
+        }
+    }
+
+    /// The position of user record `sub_sequence` of a Kinesis record.
+    pub fn new(sequence: SequenceNumber, sub_sequence: u64) -> Self {
+        Self {
+            sequence,
+            sub_sequence,
         }
     }
 }
 
 impl Ord for Position {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.sequence.cmp(&other.sequence).then_with(|| {
-            match (self.sub_sequence, other.sub_sequence) {
-                (None, None) => Ordering::Equal,
-                (None, Some(_)) => Ordering::Greater,
-                (Some(_), None) => Ordering::Less,
-                (Some(a), Some(b)) => a.cmp(&b),
-            }
-        })
+        self.sequence
+            .cmp(&other.sequence)
+            .then_with(|| self.sub_sequence.cmp(&other.sub_sequence))
     }
 }
 
@@ -122,8 +134,8 @@ impl PartialOrd for Position {
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.sub_sequence {
-            None => write!(f, "{}", self.sequence),
-            Some(sub) => write!(f, "{}/{}", self.sequence, sub),
+            0 | Self::WHOLE_RECORD => write!(f, "{}", self.sequence),
+            sub => write!(f, "{}/{}", self.sequence, sub),
         }
     }
 }
@@ -147,6 +159,17 @@ impl Record {
     /// The record's sequence number.
     pub fn sequence(&self) -> &SequenceNumber {
         &self.position.sequence
+    }
+
+    /// The bytes this record holds in memory, as the memory bounds count them: its
+    /// data, key and sequence number, plus a fixed allowance for the rest.
+    pub fn memory_size(&self) -> usize {
+        const FIXED: usize = 128;
+        self.data.len()
+            + self.partition_key.len()
+            + self.explicit_hash_key.as_ref().map_or(0, String::len)
+            + self.position.sequence.as_str().len()
+            + FIXED
     }
 }
 
@@ -176,14 +199,25 @@ mod tests {
     }
 
     #[test]
-    fn whole_record_sorts_after_its_sub_records() {
-        let whole = Position::whole(seq("5"));
-        let sub = Position {
-            sequence: seq("5"),
-            sub_sequence: Some(7),
-        };
+    fn sub_records_sort_inside_their_kinesis_record() {
+        let whole = Position::new(seq("5"), Position::WHOLE_RECORD);
+        let sub = Position::new(seq("5"), 7);
+        assert!(Position::plain(seq("5")) < sub);
         assert!(sub < whole);
-        assert!(whole < Position::whole(seq("6")));
+        assert!(whole < Position::plain(seq("6")));
+    }
+
+    #[test]
+    fn a_checkpoint_stored_without_a_sub_sequence_covers_the_whole_record() {
+        let legacy: Position = serde_json::from_str(r#"{"sequence":"42"}"#).unwrap();
+        assert_eq!(legacy, Position::new(seq("42"), Position::WHOLE_RECORD));
+        assert!(Position::new(seq("42"), 1_000) < legacy);
+        let now = serde_json::to_string(&Position::new(seq("42"), 3)).unwrap();
+        assert_eq!(now, r#"{"sequence":"42","sub_sequence":3}"#);
+        assert_eq!(
+            serde_json::from_str::<Position>(&now).unwrap(),
+            Position::new(seq("42"), 3)
+        );
     }
 
     proptest! {

@@ -104,7 +104,7 @@ mod tests {
         ["10", "11", "12", "13"]
             .iter()
             .map(|s| Record {
-                position: Position::whole(SequenceNumber::parse(*s).unwrap()),
+                position: Position::plain(SequenceNumber::parse(*s).unwrap()),
                 partition_key: "k".into(),
                 explicit_hash_key: None,
                 data: Bytes::new(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::MemoryBudget;
 use super::{mapping, MappingContext, MappingSpec};
 use crate::config::{Config, FunctionConfig, MappingConfig, Problem, StoreConfig};
 use crate::invoke::{Invoker, Registry, RuntimeApiInvoker, WorkerSettings};
@@ -204,6 +205,7 @@ pub async fn run(
 
     let mut mappings = JoinSet::new();
     let mapping_cancel = CancellationToken::new();
+    let budget = MemoryBudget::new(config.max_buffered_bytes);
     let mut workers = Workers::default();
     for m in config.mappings.iter().filter(|m| m.enabled) {
         let spec = MappingSpec::from_config(m);
@@ -244,6 +246,7 @@ pub async fn run(
             metrics: Arc::new(MappingMetrics::default()),
             client,
             destination,
+            budget: budget.clone(),
         });
         let token = mapping_cancel.child_token();
         let name = m.name.clone();

@@ -1,18 +1,25 @@
 //! One mapping: discover the stream's shards, run a shard runner for each readable
 //! one, pick up new shards while running, and start children when parents finish.
+//!
+//! Each shard runner is a task of its own. One that fails or panics (a bug, a user
+//! service whose `Clone` panics) is restarted alone, after a backoff that grows while
+//! it keeps failing; the other shards go on untouched. A restarted runner resumes from
+//! the stored checkpoint.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::shard::{ShardExit, ShardRunner};
+use super::shard::ShardRunner;
 use super::MappingContext;
 use crate::core::backoff::Backoff;
+use crate::core::shard::ShardExit;
 use crate::source::discovery::{list_shards, DiscoveryError};
+use crate::source::kinesis::stream_retention;
 use crate::store::{ShardCheckpoint, StartAt, StoreError};
 
 /// Why a mapping stopped before it was asked to.
@@ -38,6 +45,14 @@ async fn run_inner(
     let mut first_listing = states.is_empty();
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
+    // Which shard each task runs, so that a panic (which loses the task's output)
+    // still names its shard.
+    let mut task_shards: HashMap<Id, String> = HashMap::new();
+    let mut restarts = Restarts::default();
+    // The stream's retention: the effective maximum record age when
+    // maximum_record_age_in_seconds is -1 (read once, before any shard starts).
+    let mut retention: Option<Duration> = None;
+    let needs_retention = spec.policy.max_age.is_none();
     let retry = Backoff::new(
         Duration::from_secs(1),
         spec.discovery_interval.max(Duration::from_secs(1)),
@@ -75,25 +90,43 @@ async fn run_inner(
                     }
                 }
                 first_listing = false;
+                if needs_retention && retention.is_none() {
+                    match stream_retention(&ctx.client, &spec.stream_arn).await {
+                        Ok(period) => {
+                            tracing::info!(retention = ?period, "the stream's retention period is the maximum record age (maximum_record_age_in_seconds = -1)");
+                            retention = Some(period);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the stream's retention period (DescribeStreamSummary); shards start once it is read")
+                        }
+                    }
+                }
+                let now = Instant::now();
                 let is_finished = |id: &str| states.get(id).is_some_and(|s| s.finished);
-                let readable: Vec<String> = lineage
+                let readable: Vec<_> = lineage
                     .readable(is_finished)
-                    .filter(|s| !running.contains(&s.id))
-                    .map(|s| s.id.clone())
+                    .filter(|s| !running.contains(&s.id) && restarts.may_start(&s.id, now))
+                    .cloned()
                     .collect();
-                if !cancel.is_cancelled() {
-                    for id in readable {
+                if !cancel.is_cancelled() && (retention.is_some() || !needs_retention) {
+                    for shard in readable {
+                        let id = shard.id.clone();
                         let state = states
                             .get(&id)
                             .cloned()
                             .unwrap_or_else(|| ShardCheckpoint::new(StartAt::TrimHorizon));
-                        let runner = ShardRunner::new(ctx.clone(), id.clone(), state);
+                        let runner = ShardRunner::new(ctx.clone(), &shard, state, retention);
                         let token = cancel.child_token();
                         running.insert(id.clone());
-                        tasks.spawn(async move { (id, runner.run(token).await) });
+                        restarts.started(&id, now);
+                        let handle = tasks.spawn(async move { (id, runner.run(token).await) });
+                        task_shards.insert(handle.id(), shard.id);
                     }
                 }
-                spec.discovery_interval
+                restarts.next_due().map_or(spec.discovery_interval, |due| {
+                    due.saturating_duration_since(now)
+                        .min(spec.discovery_interval)
+                })
             }
             Err(DiscoveryError::Source(e)) => {
                 failures = failures.saturating_add(1);
@@ -122,20 +155,27 @@ async fn run_inner(
                     return Ok(());
                 }
                 _ = &mut sleep => break,
-                Some(joined) = tasks.join_next() => {
+                Some(joined) = tasks.join_next_with_id() => {
                     let (id, exit) = match joined {
-                        Ok(done) => done,
+                        Ok((task, done)) => {
+                            task_shards.remove(&task);
+                            done
+                        }
                         Err(e) => {
-                            tracing::error!(error = %e, "a shard runner panicked; it will be restarted");
-                            // We cannot tell which shard; rebuild the running set at the next discovery.
-                            running.clear();
-                            tasks.abort_all();
+                            let Some(id) = task_shards.remove(&e.id()) else {
+                                continue;
+                            };
+                            let delay = restarts.failed(&id, Instant::now(), rand::random());
+                            tracing::error!(shard = %id, error = %e, ?delay, "a shard runner panicked; it restarts alone after a backoff");
+                            running.remove(&id);
+                            reload(&ctx, &mut states).await;
                             break;
                         }
                     };
                     running.remove(&id);
                     match exit {
                         ShardExit::Finished { children } => {
+                            restarts.forget(&id);
                             if let Some(state) = states.get_mut(&id) {
                                 state.finished = true;
                             }
@@ -144,15 +184,86 @@ async fn run_inner(
                         }
                         ShardExit::Stopped => {}
                         ShardExit::Failed(reason) => {
-                            // Reload its checkpoint; it restarts at the next discovery.
-                            tracing::warn!(shard = %id, %reason, "shard runner failed; it will restart");
-                            if let Ok(fresh) = ctx.store.load(&spec.name).await {
-                                states = fresh;
-                            }
+                            let delay = restarts.failed(&id, Instant::now(), rand::random());
+                            tracing::warn!(shard = %id, %reason, ?delay, "shard runner failed; it restarts after a backoff");
+                            reload(&ctx, &mut states).await;
+                            break;
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// Reloads the stored checkpoints, so a restarted runner resumes from the last one.
+async fn reload(ctx: &MappingContext, states: &mut BTreeMap<String, ShardCheckpoint>) {
+    match ctx.store.load(&ctx.spec.name).await {
+        Ok(fresh) => *states = fresh,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reload checkpoints; keeping the ones in memory")
+        }
+    }
+}
+
+/// When failed shard runners may start again.
+#[derive(Debug, Default)]
+struct Restarts {
+    shards: HashMap<String, Restart>,
+}
+
+#[derive(Debug)]
+struct Restart {
+    /// Failures in a row.
+    failures: u32,
+    /// When the runner last started.
+    started: Instant,
+    /// Not before this time.
+    not_before: Option<Instant>,
+}
+
+impl Restarts {
+    /// 1 s doubling to 60 s; a runner that ran longer than that before failing starts
+    /// the count again.
+    const BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+
+    fn may_start(&self, shard: &str, now: Instant) -> bool {
+        self.shards
+            .get(shard)
+            .and_then(|r| r.not_before)
+            .is_none_or(|at| at <= now)
+    }
+
+    fn started(&mut self, shard: &str, now: Instant) {
+        let entry = self.shards.entry(shard.to_string()).or_insert(Restart {
+            failures: 0,
+            started: now,
+            not_before: None,
+        });
+        entry.started = now;
+        entry.not_before = None;
+    }
+
+    /// Records a failure; returns the wait before the next start.
+    fn failed(&mut self, shard: &str, now: Instant, jitter: f64) -> Duration {
+        let Some(entry) = self.shards.get_mut(shard) else {
+            return Duration::ZERO;
+        };
+        if now.saturating_duration_since(entry.started) > Self::BACKOFF.max {
+            entry.failures = 0;
+        }
+        let delay = Self::BACKOFF.delay(entry.failures, jitter);
+        entry.failures = entry.failures.saturating_add(1);
+        entry.not_before = Some(now + delay);
+        delay
+    }
+
+    fn forget(&mut self, shard: &str) {
+        self.shards.remove(shard);
+    }
+
+    /// The earliest time a waiting runner may start.
+    fn next_due(&self) -> Option<Instant> {
+        self.shards.values().filter_map(|r| r.not_before).min()
     }
 }

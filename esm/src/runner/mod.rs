@@ -5,7 +5,9 @@
 //! discovers shards and runs a [`shard`] runner per readable shard.
 
 pub mod app;
+pub mod budget;
 pub mod mapping;
+mod notes;
 pub mod shard;
 
 use std::sync::Arc;
@@ -45,6 +47,10 @@ pub struct MappingSpec {
     pub discovery_interval: Duration,
     /// `deaggregate`: KPL aggregated records should arrive as their user records.
     pub deaggregate: bool,
+    /// `parallelization_factor`: lanes per shard.
+    pub parallelization: usize,
+    /// The on-failure destination's ARN, for logs.
+    pub destination_arn: Option<String>,
 }
 
 impl MappingSpec {
@@ -81,6 +87,8 @@ impl MappingSpec {
             calls_per_second: m.get_records_calls_per_second,
             discovery_interval: m.shard_discovery_interval,
             deaggregate: m.deaggregate,
+            parallelization: usize::from(m.parallelization_factor),
+            destination_arn: m.on_failure_destination.as_ref().map(|d| d.arn.clone()),
         }
     }
 }
@@ -99,4 +107,6 @@ pub struct MappingContext {
     pub client: aws_sdk_kinesis::Client,
     /// Where records given up go; `None`: they are logged and skipped.
     pub destination: Option<Arc<dyn crate::destination::FailureDestination>>,
+    /// The process-wide memory budget every shard reads within.
+    pub budget: budget::MemoryBudget,
 }

@@ -48,7 +48,7 @@ pub fn to_record(r: aws_sdk_kinesis::types::Record) -> Option<Record> {
         .and_then(DateTime::<Utc>::from_timestamp_millis)
         .unwrap_or_default();
     Some(Record {
-        position: Position::whole(sequence),
+        position: Position::plain(sequence),
         partition_key: r.partition_key.unwrap_or_default(),
         explicit_hash_key: None,
         data: Bytes::from(r.data.into_inner()),
@@ -84,4 +84,28 @@ where
             text
         }
     }
+}
+
+/// The stream's retention period, from DescribeStreamSummary: records older than this
+/// are gone from the stream (the effective maximum record age when
+/// `maximum_record_age_in_seconds` is -1).
+pub async fn stream_retention(
+    client: &aws_sdk_kinesis::Client,
+    stream_arn: &str,
+) -> Result<Duration, String> {
+    let out = client
+        .describe_stream_summary()
+        .stream_arn(stream_arn)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let hours = out
+        .stream_description_summary()
+        .map(|s| s.retention_period_hours())
+        .ok_or_else(|| "DescribeStreamSummary returned no stream description".to_string())?;
+    u64::try_from(hours)
+        .ok()
+        .filter(|h| *h > 0)
+        .map(|h| Duration::from_secs(h * 3600))
+        .ok_or_else(|| format!("DescribeStreamSummary returned a retention of {hours} hours"))
 }

@@ -1,41 +1,38 @@
 //! Reading a stream: which shards there are ([`discovery`]) and their records
 //! ([`polling`]).
 //!
-//! A shard reader runs as its own task and hands [`Page`]s to the shard runner through
-//! a bounded channel, so reading the next page overlaps the invocation of the current
-//! batch while memory stays bounded. Polling with GetRecords is the first reader;
-//! enhanced fan-out (SubscribeToShard) will be a second one producing the same pages.
+//! A shard's records arrive through a [`ShardSource`]: the shard runner asks it for one
+//! page at a time, only while the shard state machine wants more, so reading overlaps
+//! invocations while memory stays bounded. Polling with GetRecords is the first
+//! source; enhanced fan-out (SubscribeToShard) will be a second one producing the
+//! same pages.
 
 pub mod discovery;
 pub mod kinesis;
 pub mod polling;
 
-use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 
-use crate::core::record::{Record, SequenceNumber};
+pub use crate::core::shard::{Page, ReadFrom};
 
-/// One read from a shard.
-#[derive(Debug, Default)]
-pub struct Page {
-    /// The records, in sequence order (possibly none).
-    pub records: Vec<Record>,
-    /// How far the reader is behind the tip of the shard.
-    pub millis_behind_latest: Option<i64>,
-    /// `Some` when the shard is closed and fully read: its children, by id.
-    pub end: Option<Vec<String>>,
+/// One attempt at reading a page.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    /// A page (possibly empty).
+    Page(Page),
+    /// A passing failure (throttled, expired iterator, network): wait for the next
+    /// turn and read again.
+    Retry,
+    /// The source cannot go on.
+    Stop(SourceError),
 }
 
-/// Where a reader starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadFrom {
-    /// The oldest record.
-    TrimHorizon,
-    /// Records put from now on.
-    Latest,
-    /// The first record at or after this time.
-    AtTimestamp(DateTime<Utc>),
-    /// The record after this one (resuming from a checkpoint).
-    AfterSequence(SequenceNumber),
+/// Where a shard's pages come from.
+pub trait ShardSource: Send + 'static {
+    /// Waits until the next read may be made (the call budget, a backoff).
+    fn wait_turn(&mut self) -> BoxFuture<'_, ()>;
+    /// Makes one read.
+    fn read(&mut self) -> BoxFuture<'_, ReadOutcome>;
 }
 
 /// Why a reader stopped for good.

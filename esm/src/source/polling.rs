@@ -1,12 +1,13 @@
 //! The shared-throughput reader: GetShardIterator, then GetRecords in a paced loop.
 //!
-//! One task per shard. It keeps its own place (the last sequence number it read), so
+//! One reader per shard. It keeps its own place (the last sequence number it read), so
 //! when an iterator expires (after five minutes, e.g. while a slow batch held the
-//! channel full) it gets a fresh one right after that record: nothing is skipped and
+//! shard paused reading) it gets a fresh one right after that record: nothing is skipped and
 //! nothing read twice. Throttled calls back off with jitter and are counted; other
 //! passing errors are retried the same way; a missing stream or denied access ends
 //! the reader with a [`SourceError`]. A closed shard is read to its end, and the last
-//! page names its children.
+//! page names its children. The runner calls [`ShardSource::wait_turn`] (the call
+//! budget and backoff) and then [`ShardSource::read`], one page at a time.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,11 +15,11 @@ use std::time::Instant;
 use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
 
 use super::kinesis::describe;
-use super::{Page, ReadFrom, SourceError};
+use super::{Page, ReadFrom, ReadOutcome, ShardSource, SourceError};
 use crate::core::pacing::{CallResult, PollPacer};
 use crate::core::record::SequenceNumber;
 use crate::metrics::MappingMetrics;
@@ -41,55 +42,52 @@ pub struct PollingConfig {
     pub limit: i32,
 }
 
-/// Reads one shard, sending pages to `pages` until the shard ends, the reader fails,
-/// or `cancel` fires.
-pub async fn run(
-    client: Client,
-    config: PollingConfig,
-    pages: mpsc::Sender<Result<Page, SourceError>>,
-    metrics: Arc<MappingMetrics>,
-    cancel: CancellationToken,
-) {
-    let mut reader = PollingReader {
-        client,
-        pacer: PollPacer::new(config.calls_per_second),
-        last_read: None,
-        iterator: None,
-        config,
-        metrics,
-    };
-    loop {
-        let step = tokio::select! {
-            _ = cancel.cancelled() => return,
-            step = reader.next_page() => step,
-        };
-        let ended = matches!(&step, Ok(page) if page.end.is_some()) || step.is_err();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            sent = pages.send(step) => if sent.is_err() { return },
-        }
-        if ended {
-            return;
-        }
-    }
-}
-
-struct PollingReader {
+/// Reads one shard with GetRecords.
+pub struct PollingReader {
     client: Client,
     config: PollingConfig,
     pacer: PollPacer,
     /// The last sequence number handed out; a fresh iterator starts after it.
     last_read: Option<SequenceNumber>,
     iterator: Option<String>,
+    /// The shard's end was read: no more reads.
+    ended: bool,
     metrics: Arc<MappingMetrics>,
 }
 
 impl PollingReader {
-    /// Waits for its turn, then reads one page; retries passing failures itself.
-    async fn next_page(&mut self) -> Result<Page, SourceError> {
-        loop {
-            if let Some(at) = self.pacer.next_call_at() {
+    /// A reader of `config.shard_id`, from `config.from`.
+    pub fn new(client: Client, config: PollingConfig, metrics: Arc<MappingMetrics>) -> Self {
+        Self {
+            client,
+            pacer: PollPacer::new(config.calls_per_second),
+            last_read: None,
+            iterator: None,
+            ended: false,
+            config,
+            metrics,
+        }
+    }
+}
+
+impl ShardSource for PollingReader {
+    fn wait_turn(&mut self) -> BoxFuture<'_, ()> {
+        let at = self.pacer.next_call_at();
+        async move {
+            if let Some(at) = at {
                 tokio::time::sleep_until(at.into()).await;
+            }
+        }
+        .boxed()
+    }
+
+    fn read(&mut self) -> BoxFuture<'_, ReadOutcome> {
+        async move {
+            if self.ended {
+                return ReadOutcome::Stop(SourceError::Fatal(format!(
+                    "{} was read to its end",
+                    self.config.shard_id
+                )));
             }
             let started = Instant::now();
             let iterator = match self.iterator.take() {
@@ -98,19 +96,28 @@ impl PollingReader {
                     Ok(it) => it,
                     Err(Retry(result)) => {
                         self.pacer.record(started, result, rand::random());
-                        continue;
+                        return ReadOutcome::Retry;
                     }
-                    Err(Stop(e)) => return Err(e),
+                    Err(Stop(e)) => return ReadOutcome::Stop(e),
                 },
             };
             match self.get_records(iterator, started).await {
-                Ok(page) => return Ok(page),
-                Err(Retry(result)) => self.pacer.record(started, result, rand::random()),
-                Err(Stop(e)) => return Err(e),
+                Ok(page) => {
+                    self.ended = page.end.is_some();
+                    ReadOutcome::Page(page)
+                }
+                Err(Retry(result)) => {
+                    self.pacer.record(started, result, rand::random());
+                    ReadOutcome::Retry
+                }
+                Err(Stop(e)) => ReadOutcome::Stop(e),
             }
         }
+        .boxed()
     }
+}
 
+impl PollingReader {
     async fn fresh_iterator(&mut self) -> Result<String, Failure> {
         let mut request = self
             .client
@@ -120,6 +127,9 @@ impl PollingReader {
         request = match (&self.last_read, &self.config.from) {
             (Some(seq), _) | (None, ReadFrom::AfterSequence(seq)) => request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq.as_str()),
+            (None, ReadFrom::AtSequence(seq)) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
                 .starting_sequence_number(seq.as_str()),
             (None, ReadFrom::TrimHorizon) => {
                 request.shard_iterator_type(ShardIteratorType::TrimHorizon)

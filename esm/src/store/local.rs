@@ -170,7 +170,7 @@ mod tests {
         {
             let store = LocalStore::open(dir.path()).unwrap();
             let lease = store.acquire("orders", "shardId-1").await.unwrap();
-            state.checkpoint = Some(Position::whole(SequenceNumber::parse("42").unwrap()));
+            state.checkpoint = Some(Position::plain(SequenceNumber::parse("42").unwrap()));
             store
                 .save("orders", "shardId-1", &state, &lease)
                 .await

@@ -11,14 +11,15 @@ fn batch(n: usize, arrival_ms: i64) -> Batch {
     Batch {
         records: (0..n)
             .map(|i| Record {
-                position: Position::whole(SequenceNumber::parse((100 + i).to_string()).unwrap()),
+                position: Position::plain(SequenceNumber::parse((100 + i).to_string()).unwrap()),
                 partition_key: "k".into(),
                 explicit_hash_key: None,
                 data: Bytes::new(),
                 approximate_arrival: Utc.timestamp_millis_opt(arrival_ms + i as i64).unwrap(),
             })
             .collect(),
-        event_len: 0,
+        ordinals: (0..n as u64).collect(),
+        ..Batch::default()
     }
 }
 
