@@ -1,6 +1,8 @@
-//! In-process core overhead: records per second through the batcher, the event
-//! encoder and an in-process no-op handler (which deserializes the event as a real
-//! handler does), with no network. Run with `cargo bench -p esm --bench core`.
+//! In-process core overhead: records per second through the batcher and the event
+//! encoder, through the whole shard state machine (lanes, failure rules, checkpoint
+//! tracker; invocations and checkpoint writes answered at once), and through an
+//! in-process no-op handler (which deserializes the event as a real handler does),
+//! with no network. Run with `cargo bench -p esm --bench core`.
 //!
 //! Prints one line per scenario; figures go in the README.
 
@@ -10,6 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use esm::core::batch::{BatchLimits, Batcher};
+use esm::core::checkpoint::{ShardCheckpoint, StartAt};
+use esm::core::failure::FailureRules;
+use esm::core::partition::LaneRouter;
+use esm::core::shard::{Effect, Env, Input, Page, ShardMachine, ShardSettings};
 use esm::core::event::{EventEncoder, EventSource};
 use esm::core::record::{Position, Record, SequenceNumber};
 use esm::invoke::{Invocation, Invoker, Outcome, Registry};
@@ -112,6 +118,61 @@ async fn through_handler(input: &[Record], batch_size: usize) -> (Duration, usiz
     (started.elapsed(), handled)
 }
 
+/// The shard state machine with `lanes` lanes: pages of 10,000 records in, every
+/// invocation and checkpoint write answered at once (no handler).
+fn through_machine(input: &[Record], batch_size: usize, lanes: usize) -> (Duration, usize) {
+    let settings = ShardSettings {
+        shard_id: "shardId-000000000000".into(),
+        limits: BatchLimits::new(batch_size, Duration::ZERO),
+        rules: FailureRules::default(),
+        router: LaneRouter::new(0, u128::MAX, lanes),
+        encoder: encoder(),
+        has_destination: false,
+        warn_aggregated: false,
+        destination_backoff: ShardSettings::DESTINATION_BACKOFF,
+        store_backoff: ShardSettings::STORE_BACKOFF,
+    };
+    let mut machine = ShardMachine::new(settings, ShardCheckpoint::new(StartAt::TrimHorizon));
+    let (now, wall) = (Instant::now(), Utc::now());
+    let started = Instant::now();
+    let mut invoked = 0;
+    let mut answers = Vec::new();
+    let mut pages = input.chunks(10_000);
+    let mut seed = 1u64;
+    loop {
+        let input = match answers.pop() {
+            Some(answer) => answer,
+            None if machine.wants_read() => match pages.next() {
+                Some(chunk) => Input::Page(Page {
+                    records: chunk.to_vec(),
+                    millis_behind_latest: Some(0),
+                    end: None,
+                }),
+                None => break,
+            },
+            None => break,
+        };
+        seed += 1;
+        for effect in machine.on(input, &mut Env::new(now, wall, seed)) {
+            match effect {
+                Effect::Invoke(request) => {
+                    invoked += request.records;
+                    black_box(&request.payload);
+                    answers.push(Input::Invoked {
+                        lane: request.lane,
+                        outcome: Outcome::Returned {
+                            response: Bytes::new(),
+                        },
+                    });
+                }
+                Effect::Save(_) => answers.push(Input::Saved(Ok(()))),
+                Effect::Deliver(_) | Effect::Note(_) => {}
+            }
+        }
+    }
+    (started.elapsed(), invoked)
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,6 +192,17 @@ fn main() {
                 count as f64 / elapsed.as_secs_f64(),
                 bytes as f64 / elapsed.as_secs_f64() / 1e6,
             );
+            for lanes in [1usize, 4] {
+                let (elapsed, invoked) = (0..3)
+                    .map(|_| through_machine(&input, batch_size, lanes))
+                    .min_by_key(|r| r.0)
+                    .unwrap_or_else(|| unreachable!());
+                assert_eq!(invoked, count);
+                println!(
+                    "shard machine    records={count:>7} size={size:>6}B batch_size={batch_size:>5} lanes={lanes}: {:>10.0} records/s",
+                    count as f64 / elapsed.as_secs_f64(),
+                );
+            }
             let (elapsed, handled) = (0..3)
                 .map(|_| runtime.block_on(through_handler(&input, batch_size)))
                 .min_by_key(|r| r.0)
