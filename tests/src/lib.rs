@@ -33,6 +33,17 @@ pub struct BatchLine {
     pub request_id: String,
     /// The records, in the order the handler received them.
     pub records: Vec<RecordLine>,
+    /// How many invocations of the same shard were running when this one started,
+    /// itself included (0 in lines written before the recorder counted them).
+    #[serde(default)]
+    pub concurrent: usize,
+    /// When the invocation started (wall-clock milliseconds since the Unix epoch).
+    #[serde(default)]
+    pub started_ms: u64,
+    /// When the handler wrote this line (wall-clock milliseconds since the Unix epoch):
+    /// after `RECORDER_DELAY_MS`, before `RECORDER_DELAY_AFTER_MS`.
+    #[serde(default)]
+    pub ended_ms: u64,
 }
 
 /// One record of an invocation.
@@ -783,4 +794,115 @@ pub async fn queue(client: &aws_sdk_sqs::Client, name: &str) -> (String, String)
         .cloned()
         .expect("QueueArn");
     (url, arn)
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A number in `lo..hi` from a generator seeded by the clock (and the process id):
+/// different on each run, printed by the caller so a failure can be reproduced by hand.
+pub fn random_in(lo: usize, hi: usize) -> usize {
+    assert!(lo < hi, "empty range {lo}..{hi}");
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    // splitmix64 of the clock, the pid and a call counter.
+    let mut z = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ (CALLS.fetch_add(1, Ordering::SeqCst) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    lo + (z % (hi - lo) as u64) as usize
+}
+
+/// The sequence numbers seen, per partition key, in the order the handler wrote them.
+pub fn seen_by_key(batches: &[BatchLine]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for b in batches {
+        for r in &b.records {
+            out.entry(r.key.clone()).or_default().push(r.seq.clone());
+        }
+    }
+    out
+}
+
+/// Asserts that, per partition key, the records of `batches` arrived in strictly
+/// increasing sequence order (so also that none arrived twice). The recorder writes a
+/// line during its invocation, and a partition key's next batch starts only after the
+/// previous one returned, so file order is invocation order for one key.
+pub fn assert_order_per_key(run: &str, batches: &[BatchLine]) {
+    for (key, seqs) in seen_by_key(batches) {
+        for pair in seqs.windows(2) {
+            assert_eq!(
+                seq_cmp(&pair[0], &pair[1]),
+                std::cmp::Ordering::Less,
+                "{run}, partition key {key}: {} arrived before {} (out of order or repeated)",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+}
+
+/// The most invocations of each shard the recorder saw running at once
+/// ([`BatchLine::concurrent`]).
+pub fn max_concurrent_by_shard(batches: &[BatchLine]) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    for b in batches {
+        let max = out.entry(b.shard.clone()).or_default();
+        *max = (*max).max(b.concurrent);
+    }
+    out
+}
+
+/// Asserts that every record of `batches` sits in the shard Kinesis put it in
+/// (`eventID` and the line's shard agree with [`PutRecord::shard`]) and that nothing
+/// else arrived.
+pub fn assert_shards_as_put(batches: &[BatchLine], put: &[PutRecord]) {
+    let shard_of: std::collections::HashMap<&str, &str> = put
+        .iter()
+        .map(|r| (r.seq.as_str(), r.shard.as_str()))
+        .collect();
+    for b in batches {
+        for r in &b.records {
+            let Some(shard) = shard_of.get(r.seq.as_str()) else {
+                panic!("record {} (key {}) was never put", r.seq, r.key);
+            };
+            assert_eq!(
+                &b.shard, shard,
+                "record {} came from the wrong shard",
+                r.seq
+            );
+            assert_eq!(r.event_id, format!("{}:{}", b.shard, r.seq));
+        }
+    }
+}
+
+/// The lines of `log` in which esm says a shard runner panicked: they contain
+/// "panicked" and a shard id, and are not Rust's own panic report (`thread '…'
+/// panicked at …`).
+pub fn runner_panic_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("panicked") && l.contains("shardId-"))
+        .filter(|l| !l.starts_with("thread '"))
+        .collect()
+}
+
+/// The shard id (`shardId-…`) a log line names, if any.
+pub fn shard_in_line(line: &str) -> Option<String> {
+    let start = line.find("shardId-")?;
+    let id: String = line[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    Some(id)
 }

@@ -3,7 +3,11 @@
 //! The handler appends one JSON line per invocation to `$RECORDER_OUT`: the shard,
 //! the request id and, per record, its sequence number, partition key and payload
 //! size (plus the base64 event bytes of the data). End-to-end tests read that file to
-//! check what reached the function, in which batches and in which order.
+//! check what reached the function, in which batches and in which order. Each line
+//! also says how many invocations *of the same shard* were running when this one
+//! started, itself included (`concurrent`), when it started (`started_ms`) and when it
+//! wrote its line (`ended_ms`, after `RECORDER_DELAY_MS` and before
+//! `RECORDER_DELAY_AFTER_MS`), both wall-clock milliseconds since the Unix epoch.
 //!
 //! Knobs (environment): `RECORDER_DELAY_MS` sleeps in each invocation (to kill esm
 //! mid-stream); `RECORDER_DELAY_AFTER_MS` sleeps after the line was written, before
@@ -14,26 +18,125 @@
 //! handled and the rest reported in `batchItemFailures`; `RECORDER_RESPONSE=JSON`
 //! returns that JSON after handling a batch; `RECORDER_ATTEMPTS=FILE` appends one
 //! line per invocation (`{"first","last","n"}`) before anything else happens.
+//!
+//! `RECORDER_PANIC_CLONE_ONCE=1` makes the registered service's `Clone` panic exactly
+//! once in the process's life. esm clones the handler for each invocation, inside the
+//! shard runner that makes it, so that shard runner panics (not the handler: the
+//! invocation never starts and writes no line). By default the first clone panics;
+//! `RECORDER_PANIC_CLONE_AFTER=N` lets N clones succeed first (so that every shard
+//! has work in flight when one runner dies). The panic message contains
+//! `RECORDER_PANIC_CLONE_ONCE`.
 
+use std::collections::HashMap;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use esm_e2e::{BatchLine, RecordLine};
+use esm_e2e::{now_ms, BatchLine, RecordLine};
 use handler_sdk::events::KinesisEvent;
-use handler_sdk::{service_fn, Error, LambdaEvent, RecordExt};
+use handler_sdk::{service_fn, Error, LambdaEvent, RecordExt, Service};
+
+/// Which clone panics (`Some(n)`: the clone after `n` successful ones), from the
+/// environment.
+static PANIC_AT: OnceLock<Option<usize>> = OnceLock::new();
+/// Clones made so far.
+static CLONES: AtomicUsize = AtomicUsize::new(0);
+/// Whether the one panic happened.
+static PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// The registered service: `inner` (a `tower::Service`), with a `Clone` that can
+/// panic once (`RECORDER_PANIC_CLONE_ONCE`).
+struct Recorder<S> {
+    inner: S,
+}
+
+impl<S: Clone> Clone for Recorder<S> {
+    fn clone(&self) -> Self {
+        if let Some(at) = *PANIC_AT.get_or_init(|| None) {
+            let n = CLONES.fetch_add(1, Ordering::SeqCst);
+            if n >= at && !PANICKED.swap(true, Ordering::SeqCst) {
+                panic!("RECORDER_PANIC_CLONE_ONCE: clone {n} of the recorder panics on purpose");
+            }
+        }
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, R> Service<R> for Recorder<S>
+where
+    S: Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Invocations running per shard.
+type Running = Arc<Mutex<HashMap<String, usize>>>;
+
+/// One running invocation of a shard, counted in [`Running`] while it lives.
+struct RunningGuard {
+    running: Running,
+    shard: String,
+}
+
+impl RunningGuard {
+    /// Counts an invocation of `shard`; returns it and how many run now, itself included.
+    fn enter(running: &Running, shard: &str) -> (Self, usize) {
+        let mut map = running.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(shard.to_string()).or_insert(0);
+        *n += 1;
+        let now = *n;
+        drop(map);
+        (
+            Self {
+                running: running.clone(),
+                shard: shard.to_string(),
+            },
+            now,
+        )
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let mut map = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.shard) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+fn env_ms(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis)
+}
 
 fn main() -> std::process::ExitCode {
+    let panic_once = std::env::var("RECORDER_PANIC_CLONE_ONCE").is_ok_and(|v| v == "1");
+    let panic_after: usize = std::env::var("RECORDER_PANIC_CLONE_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    PANIC_AT.get_or_init(|| panic_once.then_some(panic_after));
+
     let out = std::env::var("RECORDER_OUT").unwrap_or_else(|_| "recorder.jsonl".into());
-    let delay = std::env::var("RECORDER_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis);
-    let delay_after = std::env::var("RECORDER_DELAY_AFTER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_millis);
+    let delay = env_ms("RECORDER_DELAY_MS");
+    let delay_after = env_ms("RECORDER_DELAY_AFTER_MS");
     let fail_first: u64 = std::env::var("RECORDER_FAIL_FIRST")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -48,7 +151,8 @@ fn main() -> std::process::ExitCode {
         .unwrap_or(serde_json::Value::Null);
     let attempts = std::env::var("RECORDER_ATTEMPTS").ok();
     let calls = Arc::new(AtomicU64::new(0));
-    let file = Arc::new(std::sync::Mutex::new(
+    let running: Running = Arc::default();
+    let file = Arc::new(Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -56,10 +160,18 @@ fn main() -> std::process::ExitCode {
             .expect("RECORDER_OUT must be writable"),
     ));
     let handler = service_fn(move |event: LambdaEvent<KinesisEvent>| {
-        let (file, calls) = (file.clone(), calls.clone());
+        let (file, calls, running) = (file.clone(), calls.clone(), running.clone());
         let (poison, response, attempts) = (poison.clone(), response.clone(), attempts.clone());
         async move {
+            let started_ms = now_ms();
             let records = &event.payload.records;
+            let shard = records
+                .first()
+                .and_then(|r| r.event_id.as_deref())
+                .and_then(|id| id.split(':').next())
+                .unwrap_or_default()
+                .to_string();
+            let (_running, concurrent) = RunningGuard::enter(&running, &shard);
             if let Some(path) = &attempts {
                 let seq = |r: Option<&handler_sdk::events::KinesisEventRecord>| {
                     r.map(|r| r.kinesis.sequence_number.clone())
@@ -96,12 +208,6 @@ fn main() -> std::process::ExitCode {
                 }
                 None => (&records[..], response),
             };
-            let shard = records
-                .first()
-                .and_then(|r| r.event_id.as_deref())
-                .and_then(|id| id.split(':').next())
-                .unwrap_or_default()
-                .to_string();
             let line = BatchLine {
                 shard,
                 request_id: event.context.request_id.clone(),
@@ -118,6 +224,9 @@ fn main() -> std::process::ExitCode {
                             .collect(),
                     })
                     .collect(),
+                concurrent,
+                started_ms,
+                ended_ms: now_ms(),
             };
             let mut text = serde_json::to_string(&line)?;
             text.push('\n');
@@ -132,5 +241,5 @@ fn main() -> std::process::ExitCode {
             Ok::<serde_json::Value, Error>(failures)
         }
     });
-    esm::cli::main(esm::Registry::new().handler("recorder", handler))
+    esm::cli::main(esm::Registry::new().handler("recorder", Recorder { inner: handler }))
 }
