@@ -1,0 +1,237 @@
+//! `parallelization_factor`: each shard's records go to N lanes by partition key, up to
+//! N invocations per shard run at once, records of one partition key arrive in order,
+//! and after a kill the checkpoint (the low-water mark across lanes) loses nothing.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use esm_e2e::*;
+
+const FACTOR: usize = 4;
+const SHARDS: i32 = 2;
+const KEYS: usize = 50;
+const RECORDS: usize = 4_000;
+const BATCH_SIZE: usize = 10;
+
+fn mapping_extra() -> String {
+    format!("batch_size = {BATCH_SIZE}\nparallelization_factor = {FACTOR}\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lanes_run_concurrently_and_keep_each_partition_key_in_order() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "lanes", SHARDS).await;
+    let put = put_records(&client, &stream, 0, RECORDS, 100, KEYS).await;
+    assert_eq!(put.len(), RECORDS);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut esm = Esm::start_mapping(
+        dir.path(),
+        "lanes",
+        &stream,
+        &mapping_extra(),
+        &[("RECORDER_DELAY_MS", "50")],
+    );
+    wait_for(
+        &mut esm,
+        Duration::from_secs(180),
+        "all 4,000 records",
+        |b| count_records(b) >= RECORDS,
+    );
+    let batches = esm.stop(Duration::from_secs(30));
+
+    // Exactly the records put, each once (nothing failed, so nothing is repeated),
+    // each from the shard Kinesis put it in, in batches of at most batch_size.
+    assert_shards_as_put(&batches, &put);
+    assert_eq!(
+        count_records(&batches),
+        RECORDS,
+        "records were delivered more than once"
+    );
+    let seen: HashSet<&str> = seqs(&batches).collect();
+    let want: HashSet<&str> = put.iter().map(|r| r.seq.as_str()).collect();
+    assert_eq!(seen, want, "the records seen are not the records put");
+    assert!(batches.iter().all(|b| b.records.len() <= BATCH_SIZE));
+
+    // Per partition key: strictly increasing sequence numbers across all batches.
+    assert_order_per_key("the run", &batches);
+
+    // A batch holds one lane's records, and a lane is a set of partition keys: no key
+    // may sit in two batches that ran at the same time.
+    assert_no_key_in_overlapping_batches(&batches);
+
+    // Up to FACTOR invocations per shard at once, and more than one.
+    let max = max_concurrent_by_shard(&batches);
+    eprintln!("most invocations running at once, per shard: {max:?}");
+    assert_eq!(max.len(), SHARDS as usize, "a shard never invoked: {max:?}");
+    for (shard, n) in &max {
+        assert!(
+            *n <= FACTOR,
+            "shard {shard}: {n} invocations at once, above parallelization_factor {FACTOR}"
+        );
+        assert!(
+            *n > 1,
+            "shard {shard}: never more than one invocation at once with parallelization_factor {FACTOR}"
+        );
+    }
+}
+
+/// Asserts that two batches of one shard that ran at the same time (by their
+/// recorded start and end) share no partition key.
+fn assert_no_key_in_overlapping_batches(batches: &[BatchLine]) {
+    let mut by_shard: BTreeMap<&str, Vec<&BatchLine>> = BTreeMap::new();
+    for b in batches {
+        by_shard.entry(&b.shard).or_default().push(b);
+    }
+    for (shard, lines) in by_shard {
+        for (i, a) in lines.iter().enumerate() {
+            let keys: HashSet<&str> = a.records.iter().map(|r| r.key.as_str()).collect();
+            for b in &lines[i + 1..] {
+                // Strictly overlapping in time (the clock has millisecond resolution,
+                // so a batch that started in the millisecond the other ended is not
+                // counted).
+                if b.started_ms < a.ended_ms && a.started_ms < b.ended_ms {
+                    if let Some(k) = b.records.iter().find(|r| keys.contains(r.key.as_str())) {
+                        panic!(
+                            "shard {shard}: partition key {} in two batches running at once \
+                             ({} and {})",
+                            k.key, a.request_id, b.request_id
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_at_a_random_point_loses_nothing_and_redelivers_only_after_the_checkpoint() {
+    let client = kinesis().await;
+    for round in 1..=3 {
+        let kill_at = random_in(500, 3_000);
+        eprintln!("round {round}: kill after {kill_at} records");
+        kill_and_restart(&client, round, kill_at).await;
+    }
+}
+
+/// One round: a fresh stream, esm killed with SIGKILL once `kill_at` records were
+/// seen, the durable checkpoints read, then esm restarted on the same state.
+async fn kill_and_restart(client: &aws_sdk_kinesis::Client, round: usize, kill_at: usize) {
+    let stream = TestStream::create(client, "lanes-kill", SHARDS).await;
+    let put = put_records(client, &stream, 0, RECORDS, 100, KEYS).await;
+    assert_eq!(put.len(), RECORDS);
+    let expected = expected_by_shard(&put);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "lanes-kill", &stream, &mapping_extra());
+
+    // Run 1: a slow handler (half of its time after the line was written, so a kill
+    // often lands between "handled" and "checkpointed"), killed at the chosen point.
+    let out1 = dir.path().join("run1.jsonl");
+    let mut esm = Esm::start_with_out(
+        dir.path(),
+        &config,
+        &out1,
+        &[
+            ("RECORDER_DELAY_MS", "20"),
+            ("RECORDER_DELAY_AFTER_MS", "20"),
+        ],
+    );
+    wait_for(
+        &mut esm,
+        Duration::from_secs(120),
+        &format!("{kill_at} records"),
+        |b| count_records(b) >= kill_at,
+    );
+    esm.kill();
+    let run1 = read_batches(&out1);
+    let run1_seen: HashSet<String> = seqs(&run1).map(str::to_string).collect();
+    assert!(
+        run1_seen.len() < RECORDS,
+        "round {round}: the first run delivered everything before the kill"
+    );
+
+    // The durable checkpoints at the kill (esm is dead, so its store is free).
+    let stored = stored_checkpoints(&dir.path().join("state"), "lanes-kill").await;
+    let checkpoint: BTreeMap<String, Option<String>> = expected
+        .keys()
+        .map(|shard| (shard.clone(), stored.get(shard).and_then(checkpoint_seq)))
+        .collect();
+    // Is `seq` after `shard`'s checkpoint (everything is, without one)?
+    let after_checkpoint = |shard: &str, seq: &str| match &checkpoint[shard] {
+        Some(c) => seq_cmp(seq, c) == std::cmp::Ordering::Greater,
+        None => true,
+    };
+
+    // The checkpoint is a low-water mark: every record at or before it was handled
+    // by run 1.
+    for (shard, want) in &expected {
+        for seq in want.iter().filter(|s| !after_checkpoint(shard, s)) {
+            assert!(
+                run1_seen.contains(seq),
+                "round {round}, shard {shard}: the checkpoint {:?} passed record {seq}, \
+                 which run 1 never handled",
+                checkpoint[shard]
+            );
+        }
+    }
+
+    // Run 2: same config and state, no delay, until every record was seen.
+    let out2 = dir.path().join("run2.jsonl");
+    let mut esm = Esm::start_with_out(dir.path(), &config, &out2, &[]);
+    wait_for(
+        &mut esm,
+        Duration::from_secs(120),
+        "every record, over both runs",
+        |b| {
+            let mut all = run1_seen.clone();
+            all.extend(seqs(b).map(str::to_string));
+            all.len() >= RECORDS
+        },
+    );
+    let run2 = esm.stop(Duration::from_secs(30));
+
+    // Nothing lost, nothing foreign, each record from its shard.
+    assert_shards_as_put(&run1, &put);
+    assert_shards_as_put(&run2, &put);
+    let mut all = run1_seen.clone();
+    all.extend(seqs(&run2).map(str::to_string));
+    let put_seqs: HashSet<String> = put.iter().map(|r| r.seq.clone()).collect();
+    assert_eq!(
+        all, put_seqs,
+        "round {round}: the records seen are not the records put"
+    );
+
+    // Order per partition key within each run (and no repeats within a run).
+    assert_order_per_key(&format!("round {round}, run 1"), &run1);
+    assert_order_per_key(&format!("round {round}, run 2"), &run2);
+
+    // Run 2 resumed right after each shard's checkpoint: it delivered exactly the
+    // records after it. So the records delivered twice are all after the checkpoint.
+    let seen2 = seen_by_shard(&run2);
+    let mut twice = 0;
+    for (shard, want) in &expected {
+        let got: HashSet<&String> = seen2.get(shard).into_iter().flatten().collect();
+        let after: HashSet<&String> = want.iter().filter(|s| after_checkpoint(shard, s)).collect();
+        for seq in got.iter().filter(|s| run1_seen.contains(s.as_str())) {
+            assert!(
+                after_checkpoint(shard, seq),
+                "round {round}, shard {shard}: record {seq} was delivered twice but is at or \
+                 before the durable checkpoint {:?}",
+                checkpoint[shard]
+            );
+            twice += 1;
+        }
+        assert_eq!(
+            got, after,
+            "round {round}, shard {shard}: run 2 did not deliver exactly the records after \
+             the checkpoint {:?}",
+            checkpoint[shard]
+        );
+    }
+    eprintln!(
+        "round {round}: run 1 saw {} records, checkpoints {checkpoint:?}, {twice} records \
+         delivered again by run 2",
+        run1_seen.len()
+    );
+}
