@@ -31,6 +31,9 @@ pub(super) struct Ctx<'a> {
     pub saved: Option<&'a Position>,
     /// A checkpoint write is in flight.
     pub saving: bool,
+    /// How far ahead of the oldest record not done (in records read) an invocation
+    /// may start.
+    pub max_ahead: u64,
     /// New batches, invocations and deliveries may start (not stopping).
     pub may_start: bool,
     /// Pending records go out without waiting for the window (end of the shard).
@@ -42,6 +45,18 @@ impl Ctx<'_> {
     /// so far is durably checkpointed, so a crash re-delivers only what is in flight.
     fn may_invoke(&self) -> bool {
         self.may_start && !self.saving && self.tracker.checkpoint() == self.saved
+    }
+
+    /// Whether a batch whose first record has `ordinal` is close enough to the
+    /// checkpoint to be invoked: lanes run ahead of the slowest one only so far, which
+    /// bounds what a crash delivers again. The lane holding the checkpoint back is
+    /// always close enough.
+    fn close_enough(&self, ordinal: u64) -> bool {
+        ordinal
+            < self
+                .tracker
+                .first_outstanding()
+                .saturating_add(self.max_ahead)
     }
 }
 
@@ -259,7 +274,8 @@ impl Lane {
                 }
                 continue;
             }
-            if !ctx.may_invoke() {
+            let first = work.batch.ordinals.first().copied().unwrap_or_default();
+            if !ctx.may_invoke() || !ctx.close_enough(first) {
                 return;
             }
             match work

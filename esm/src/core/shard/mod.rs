@@ -22,8 +22,9 @@
 //!   `PayloadTooLarge`;
 //! - **the checkpoint** ([`tracker`]): the low-water mark of done records across
 //!   lanes. It is saved one write at a time, and no invocation starts while it is ahead
-//!   of what the store holds, so a crash re-delivers at most what was in flight and
-//!   what other lanes finished beyond the mark;
+//!   of what the store holds, nor further than [`ShardSettings::max_ahead`] records
+//!   past the oldest record not done, so a crash re-delivers at most what was in
+//!   flight and what other lanes finished beyond the mark, a bounded number;
 //! - **where reading resumes**: at the checkpoint's Kinesis record, skipping user
 //!   records at or before the checkpoint (so a checkpoint inside a KPL aggregate
 //!   resumes inside it);
@@ -132,6 +133,15 @@ impl ShardSettings {
     /// per lane (so small records are not read far ahead either).
     pub fn pause_records(&self) -> usize {
         self.router.lanes() * 2 * self.limits.max_records
+    }
+
+    /// How far lanes may run ahead of the oldest record not done, in records: an
+    /// invocation starts only if its first record is within two batches per lane of
+    /// it. So a lane that is slow or retrying holds the others back once they are that
+    /// far ahead, and a crash delivers again at most about this many records beyond
+    /// the batches in flight. With one lane it never holds anything back.
+    pub fn max_ahead(&self) -> u64 {
+        self.pause_records() as u64
     }
 
     /// The most memory the shard's records can take: the pause bound, plus the one
@@ -491,7 +501,7 @@ impl ShardMachine {
             .lanes
             .iter()
             .filter_map(|lane| lane.wake_at(may_start))
-            .chain(self.state.save_retry_at)
+            .chain(self.state.save_retry_at.filter(|_| !self.state.lease_lost))
             .min()
     }
 
@@ -607,6 +617,7 @@ impl ShardMachine {
             effects,
             saved: state.saved.checkpoint.as_ref(),
             saving: state.saving.is_some(),
+            max_ahead: self.settings.max_ahead(),
             may_start,
             flush,
         };

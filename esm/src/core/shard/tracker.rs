@@ -150,6 +150,12 @@ impl CheckpointTracker {
         self.checkpoint.as_ref()
     }
 
+    /// The ordinal of the first record the mark has not passed: the oldest record
+    /// not yet done.
+    pub fn first_outstanding(&self) -> u64 {
+        self.base
+    }
+
     /// Records read and not yet passed by the mark (pending or done out of order).
     pub fn outstanding(&self) -> usize {
         self.slots.len()
