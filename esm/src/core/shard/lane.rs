@@ -274,6 +274,10 @@ impl Lane {
                 }
                 continue;
             }
+            if work.progress.is_finished() {
+                self.work = None;
+                continue;
+            }
             let first = work.batch.ordinals.first().copied().unwrap_or_default();
             if !ctx.may_invoke() || !ctx.close_enough(first) {
                 return;

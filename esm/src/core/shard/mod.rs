@@ -15,7 +15,7 @@
 //! The rules it holds, each in one place:
 //! - **lanes** ([`crate::core::partition`]): records go to one of
 //!   `parallelization_factor` lanes by the hash of their partition key; each lane has
-//!   its own batcher and failure progress ([`lane`]), so up to N invocations run at
+//!   its own batcher and failure progress (`lane.rs`), so up to N invocations run at
 //!   once and order holds per key;
 //! - **batching** ([`crate::core::batch`]) and **failures**
 //!   ([`crate::core::failure`]) per lane; a record too large to invoke is given up as

@@ -410,9 +410,12 @@ fn a_closed_shard_drains_then_finishes_with_its_children() {
     sim.feed(Input::Page(last));
     assert!(!sim.m.wants_read());
     sim.answer(0, ok());
-    sim.save_ok();
-    // Every record is done: the finished flag is written, then the shard ends.
-    assert!(sim.saving.as_ref().unwrap().finished);
+    // Every record is done: the last checkpoint and the finished flag are written
+    // together, then the shard ends.
+    let write = sim.saving.clone().unwrap();
+    assert!(write.finished);
+    assert_eq!(write.checkpoint, Some(Position::plain(seq(2))));
+    assert_eq!(sim.m.exit(), None);
     sim.save_ok();
     assert_eq!(
         sim.m.exit(),
@@ -561,6 +564,28 @@ fn with_unlimited_retries_and_age_records_are_given_up_at_the_retention_period()
     ));
     sim.save_ok();
     assert_eq!(sim.checkpoint(), Some(Position::plain(seq(2))));
+}
+
+#[test]
+fn the_state_serialises_for_status() {
+    let keys = keys_for_lanes(2);
+    let mut sim = Sim::fresh(settings(2, 5, rules(), false));
+    sim.feed(Input::Page(page(
+        (0..6)
+            .map(|n| record(n, &keys[n as usize % 2], 10))
+            .collect(),
+    )));
+    sim.answer(0, ok());
+    let status = serde_json::to_value(sim.m.state()).unwrap();
+    assert_eq!(status["shard_id"], SHARD);
+    assert_eq!(status["phase"], "reading");
+    assert_eq!(status["checkpoint"]["sequence"], seq(0).as_str());
+    assert_eq!(status["saving"]["checkpoint"]["sub_sequence"], 0);
+    assert_eq!(status["lanes"][0]["state"], "idle");
+    assert_eq!(status["lanes"][1]["state"], "invoking");
+    assert_eq!(status["lanes"][1]["batch_records"], 3);
+    assert_eq!(status["settled"]["handled"], 3);
+    assert_eq!(status["outstanding_records"], 5);
 }
 
 #[test]
