@@ -636,7 +636,7 @@ fn reply() -> impl Strategy<Value = Reply> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Any lanes, batch size, failure rules and function behaviour: every record is
     /// settled exactly once; no record is invoked after a later record of its key was
@@ -654,8 +654,15 @@ proptest! {
         destination in any::<bool>(),
         replies in proptest::collection::vec(reply(), 1..64),
         failed_sends in proptest::collection::vec(any::<bool>(), 1..8),
+        max_age in proptest::option::of(1u64..30),
     ) {
-        let rules = FailureRules { max_retries: Some(max_retries), bisect, report_item_failures: report, ..rules() };
+        let rules = FailureRules {
+            max_retries: Some(max_retries),
+            max_age: max_age.map(Duration::from_secs),
+            bisect,
+            report_item_failures: report,
+            ..rules()
+        };
         let mut sim = Sim::fresh(settings(lanes, batch_size, rules, destination));
         let key_of = |n: u64| format!("k{}", n % keys as u64);
         let total: u64 = pages.iter().sum::<usize>() as u64;
