@@ -8,8 +8,8 @@
 //! Idle workers wait on a [`Notify`]: a push wakes one of them; a worker that wakes
 //! and cannot take the job (its process ended meanwhile) passes the wake-up on, and
 //! tokio forwards the wake-up of a waiter that is dropped before it runs. The queue
-//! holds at most one invocation per shard runner (each has one batch in flight),
-//! and [`MAX_WAITING`] bounds it regardless.
+//! holds at most one invocation per lane of each shard runner (each lane has one
+//! batch in flight), and [`MAX_WAITING`] bounds it regardless.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
