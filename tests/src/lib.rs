@@ -906,3 +906,140 @@ pub fn shard_in_line(line: &str) -> Option<String> {
         .collect();
     Some(id)
 }
+
+/// Raises the stream's maximum record size to `kib` KiB (UpdateMaxRecordSize; Kinesis
+/// allows up to 10,240), so that records above the default 1 MiB can be put, and
+/// checks that DescribeStreamSummary reports it.
+pub async fn raise_max_record_size(client: &Client, stream: &str, kib: i32) {
+    client
+        .update_max_record_size()
+        .stream_arn(stream_arn(stream))
+        .max_record_size_in_kib(kib)
+        .send()
+        .await
+        .expect("UpdateMaxRecordSize (kinesis-local supports it)");
+    wait_active(client, stream).await;
+    let summary = client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("DescribeStreamSummary");
+    assert_eq!(
+        summary
+            .stream_description_summary()
+            .and_then(|s| s.max_record_size_in_kib()),
+        Some(kib),
+        "the stream's maximum record size did not change"
+    );
+}
+
+/// One invocation as the recorder's attempts file (`RECORDER_ATTEMPTS`) has it:
+/// written when the invocation starts, before it fails or succeeds.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AttemptLine {
+    /// The sequence number of its first record.
+    pub first: Option<String>,
+    /// The sequence number of its last record.
+    pub last: Option<String>,
+    /// How many records it carried.
+    pub n: usize,
+}
+
+/// Every complete line of the recorder's attempts file.
+pub fn read_attempts(path: &Path) -> Vec<AttemptLine> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Waits until `done()` holds, checking that `esm` is still running; panics with its
+/// logs after `timeout`.
+pub fn wait_until(esm: &mut Esm, timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return;
+        }
+        esm.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; log:\n{}",
+            esm.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Esm {
+    /// The process's peak resident set size so far, in bytes (`VmHWM` in
+    /// `/proc/PID/status`).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM line in {path}:\n{status}"));
+        kib * 1024
+    }
+}
+
+/// The recorder function, then an on-failure destination table (TOML tables come
+/// last): the `function` argument of [`write_config_function`].
+pub fn with_destination(arn: &str) -> String {
+    format!("function = \"recorder\"\n[mapping.destination_config.on_failure]\ndestination = \"{arn}\"\n")
+}
+
+/// Receives (and deletes) `n` message bodies from an SQS queue, as JSON, waiting up to
+/// 60 s for them.
+pub async fn receive_messages(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} messages arrived",
+            out.len()
+        );
+        out.extend(receive_now(client, url, 10).await);
+    }
+    out
+}
+
+/// One ReceiveMessage call (a 1 s long poll, up to `max` messages): the bodies, as
+/// JSON; the messages are deleted.
+pub async fn receive_now(
+    client: &aws_sdk_sqs::Client,
+    url: &str,
+    max: i32,
+) -> Vec<serde_json::Value> {
+    let got = client
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(max)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("ReceiveMessage");
+    let mut out = Vec::new();
+    for m in got.messages() {
+        out.push(serde_json::from_str(m.body().unwrap_or_default()).expect("a JSON body"));
+        if let Some(handle) = m.receipt_handle() {
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(handle)
+                .send()
+                .await
+                .expect("DeleteMessage");
+        }
+    }
+    out
+}

@@ -6,11 +6,17 @@
 //! real emulator: it forwards every request, except that it answers some GetRecords
 //! calls with the error Kinesis would send. esm reaches it through
 //! `AWS_ENDPOINT_URL_KINESIS`, like any endpoint.
+//!
+//! Besides the fixed [`Faults`], a test can deny the next GetRecords calls while esm
+//! runs ([`FaultProxy::deny_get_records`]): they are answered with
+//! `AccessDeniedException`, which ends esm's shard reader. While denials are held
+//! ([`FaultProxy::hold_denials`]) a denied call waits for its answer until the test
+//! releases it, so the test chooses the moment esm learns of it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -38,11 +44,35 @@ pub struct FaultProxy {
     stats: Arc<Stats>,
 }
 
-#[derive(Default)]
 struct Stats {
     get_records: AtomicU64,
     throttled: AtomicU64,
     expired: AtomicU64,
+    /// Records in the GetRecords answers passed on.
+    records_served: AtomicU64,
+    /// How many of the next GetRecords calls are denied.
+    deny_left: AtomicU64,
+    /// When each denial was answered (wall-clock milliseconds since the Unix epoch).
+    denied_at: Mutex<Vec<u64>>,
+    /// Denied calls waiting for their answer.
+    held: AtomicU64,
+    /// Whether denials are answered (`true`) or held.
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            get_records: AtomicU64::default(),
+            throttled: AtomicU64::default(),
+            expired: AtomicU64::default(),
+            records_served: AtomicU64::default(),
+            deny_left: AtomicU64::default(),
+            denied_at: Mutex::default(),
+            held: AtomicU64::default(),
+            gate: tokio::sync::watch::Sender::new(true),
+        }
+    }
 }
 
 impl FaultProxy {
@@ -86,6 +116,43 @@ impl FaultProxy {
         format!("http://{}", self.addr)
     }
 
+    /// Answers the next `n` GetRecords calls with HTTP 400
+    /// `AccessDeniedException` (from then on they pass again).
+    pub fn deny_get_records(&self, n: u64) {
+        self.stats.deny_left.store(n, Ordering::SeqCst);
+    }
+
+    /// From now on, denied calls wait for their answer until
+    /// [`FaultProxy::release_denials`].
+    pub fn hold_denials(&self) {
+        self.stats.gate.send_replace(false);
+    }
+
+    /// Answers the denied calls held, and those to come at once.
+    pub fn release_denials(&self) {
+        self.stats.gate.send_replace(true);
+    }
+
+    /// How many denied calls wait for their answer now.
+    pub fn denials_held(&self) -> u64 {
+        self.stats.held.load(Ordering::SeqCst)
+    }
+
+    /// When each GetRecords call denied so far was answered (wall-clock milliseconds
+    /// since the Unix epoch), in order.
+    pub fn denials(&self) -> Vec<u64> {
+        self.stats
+            .denied_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// How many records the GetRecords answers passed on to esm held, in all.
+    pub fn records_served(&self) -> u64 {
+        self.stats.records_served.load(Ordering::SeqCst)
+    }
+
     /// GetRecords calls seen, throttled, expired.
     pub fn counts(&self) -> (u64, u64, u64) {
         (
@@ -112,6 +179,27 @@ async fn handle(
         .is_some_and(|t| t.ends_with(".GetRecords"));
     if is_get_records {
         let n = stats.get_records.fetch_add(1, Ordering::SeqCst) + 1;
+        if stats
+            .deny_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+            .is_ok()
+        {
+            let mut gate = stats.gate.subscribe();
+            if !*gate.borrow() {
+                stats.held.fetch_add(1, Ordering::SeqCst);
+                let _ = gate.wait_for(|open| *open).await;
+                stats.held.fetch_sub(1, Ordering::SeqCst);
+            }
+            stats
+                .denied_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(crate::now_ms());
+            return error(
+                "AccessDeniedException",
+                "denied (injected by the test proxy)",
+            );
+        }
         if faults.throttle_every.is_some_and(|k| n.is_multiple_of(k)) {
             stats.throttled.fetch_add(1, Ordering::SeqCst);
             return error(
@@ -167,6 +255,11 @@ async fn handle(
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
+            if is_get_records && parts.status.is_success() {
+                stats
+                    .records_served
+                    .fetch_add(records_in(&body), Ordering::SeqCst);
+            }
             Response::from_parts(parts, Full::new(body))
         }
         Err(e) => error(
@@ -174,6 +267,16 @@ async fn handle(
             &format!("proxy could not reach the emulator: {e}"),
         ),
     }
+}
+
+/// How many records a GetRecords answer (JSON) holds; 0 if it cannot be read.
+fn records_in(body: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(rename = "Records", default)]
+        records: Vec<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Answer>(body).map_or(0, |a| a.records.len() as u64)
 }
 
 /// Lowers the `Limit` of a GetRecords request body to at most `max`.

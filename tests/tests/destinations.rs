@@ -2,48 +2,9 @@
 //! SNS topic, seen through an SQS subscription) as Lambda's on-failure record, and
 //! the checkpoint passes them only once the send succeeded.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use esm_e2e::*;
-
-/// The recorder function, then the on-failure destination table (tables come last).
-fn with_destination(arn: &str) -> String {
-    format!("function = \"recorder\"\n[mapping.destination_config.on_failure]\ndestination = \"{arn}\"\n")
-}
-
-/// Receives `n` message bodies (waiting up to 60 s).
-async fn receive(client: &aws_sdk_sqs::Client, url: &str, n: usize) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut out = Vec::new();
-    while out.len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} messages arrived",
-            out.len()
-        );
-        let got = client
-            .receive_message()
-            .queue_url(url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("ReceiveMessage");
-        for m in got.messages() {
-            out.push(serde_json::from_str(m.body().unwrap_or_default()).expect("a JSON body"));
-            if let Some(handle) = m.receipt_handle() {
-                client
-                    .delete_message()
-                    .queue_url(url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await
-                    .expect("DeleteMessage");
-            }
-        }
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_poison_record_alone_lands_in_the_sqs_queue() {
@@ -76,7 +37,7 @@ async fn the_poison_record_alone_lands_in_the_sqs_queue() {
         "every record but the poison one",
         |b| count_records(b) >= 4_999,
     );
-    let messages = receive(&sqs, &url, 1).await;
+    let messages = receive_messages(&sqs, &url, 1).await;
     let batches = esm.stop(Duration::from_secs(30));
     assert_eq!(count_records(&batches), 4_999);
 
@@ -109,14 +70,7 @@ async fn the_poison_record_alone_lands_in_the_sqs_queue() {
     );
     assert_eq!(m["version"], "1.0");
     // No other message.
-    let more = sqs
-        .receive_message()
-        .queue_url(&url)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("ReceiveMessage");
-    assert!(more.messages().is_empty());
+    assert!(receive_now(&sqs, &url, 10).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,7 +107,7 @@ async fn a_failing_batch_reaches_an_sns_topic() {
         &with_destination(&topic),
     );
     let mut esm = Esm::start(dir.path(), &config, &[("RECORDER_POISON", "\"n\":10,")]);
-    let messages = receive(&sqs, &url, 1).await;
+    let messages = receive_messages(&sqs, &url, 1).await;
     esm.assert_running();
     esm.stop(Duration::from_secs(30));
     let m = &messages[0];
@@ -211,7 +165,7 @@ async fn the_checkpoint_waits_for_the_destination() {
     let (url, created_arn) = queue(&sqs, &name).await;
     assert_eq!(created_arn, arn);
     let mut esm = Esm::start(dir.path(), &config, &env);
-    let messages = receive(&sqs, &url, 1).await;
+    let messages = receive_messages(&sqs, &url, 1).await;
     esm.assert_running();
     esm.stop(Duration::from_secs(30));
     let info = &messages[0]["KinesisBatchInfo"];
@@ -245,7 +199,7 @@ async fn without_bisect_the_failing_batch_reaches_the_queue_after_three_invocati
             ("RECORDER_ATTEMPTS", &attempts_text),
         ],
     );
-    let messages = receive(&sqs, &url, 1).await;
+    let messages = receive_messages(&sqs, &url, 1).await;
     let m = &messages[0];
     let size = m["KinesisBatchInfo"]["batchSize"].as_u64().unwrap() as usize;
     wait_for(
@@ -312,14 +266,14 @@ async fn records_past_their_maximum_age_reach_the_queue_uninvoked() {
         &with_destination(&arn),
     );
     let mut esm = Esm::start(dir.path(), &config, &[]);
-    let mut messages = receive(&sqs, &url, 1).await;
+    let mut messages = receive_messages(&sqs, &url, 1).await;
     while messages
         .iter()
         .map(|m| m["KinesisBatchInfo"]["batchSize"].as_u64().unwrap())
         .sum::<u64>()
         < 50
     {
-        messages.extend(receive(&sqs, &url, 1).await);
+        messages.extend(receive_messages(&sqs, &url, 1).await);
     }
     esm.assert_running();
     let batches = esm.stop(Duration::from_secs(30));
