@@ -1043,3 +1043,23 @@ pub async fn receive_now(
     }
     out
 }
+
+/// The second run of a kill-and-restart test: starts esm again on the same config
+/// and state, recording to `out`, until the records seen over both runs (`seen`
+/// before, plus this run's) number `total`; stops it and returns this run's batches.
+pub fn rerun_until_all_seen(
+    dir: &Path,
+    config: &Path,
+    out: &Path,
+    seen: &std::collections::HashSet<String>,
+    total: usize,
+    timeout: Duration,
+) -> Vec<BatchLine> {
+    let mut esm = Esm::start_with_out(dir, config, out, &[]);
+    wait_for(&mut esm, timeout, "every record, over both runs", |b| {
+        let mut all = seen.clone();
+        all.extend(seqs(b).map(str::to_string));
+        all.len() >= total
+    });
+    esm.stop(Duration::from_secs(30))
+}

@@ -74,18 +74,14 @@ async fn a_kill_redelivers_at_most_the_batch_in_flight_per_shard() {
 
     // Second run: same config and state, no delay, until every record was seen.
     let out2 = dir.path().join("run2.jsonl");
-    let mut esm = Esm::start_with_out(dir.path(), &config, &out2, &[]);
-    wait_for(
-        &mut esm,
+    let run2 = rerun_until_all_seen(
+        dir.path(),
+        &config,
+        &out2,
+        &run1_seen,
+        RECORDS,
         Duration::from_secs(60),
-        "every record, over both runs",
-        |b| {
-            let mut all = run1_seen.clone();
-            all.extend(seqs(b).map(str::to_string));
-            all.len() >= RECORDS
-        },
     );
-    let run2 = esm.stop(Duration::from_secs(30));
 
     // Every record put was seen at least once, and nothing else was.
     let mut all = run1_seen.clone();

@@ -178,18 +178,14 @@ async fn kill_and_restart(client: &aws_sdk_kinesis::Client, round: usize, kill_a
 
     // Run 2: same config and state, no delay, until every record was seen.
     let out2 = dir.path().join("run2.jsonl");
-    let mut esm = Esm::start_with_out(dir.path(), &config, &out2, &[]);
-    wait_for(
-        &mut esm,
+    let run2 = rerun_until_all_seen(
+        dir.path(),
+        &config,
+        &out2,
+        &run1_seen,
+        RECORDS,
         Duration::from_secs(120),
-        "every record, over both runs",
-        |b| {
-            let mut all = run1_seen.clone();
-            all.extend(seqs(b).map(str::to_string));
-            all.len() >= RECORDS
-        },
     );
-    let run2 = esm.stop(Duration::from_secs(30));
 
     // Nothing lost, nothing foreign, each record from its shard.
     assert_shards_as_put(&run1, &put);
