@@ -123,10 +123,14 @@ async fn run_inner(
                         task_shards.insert(handle.id(), shard.id);
                     }
                 }
-                restarts.next_due().map_or(spec.discovery_interval, |due| {
-                    due.saturating_duration_since(now)
-                        .min(spec.discovery_interval)
-                })
+                // Wake for the next restart that is due, but never sooner than a
+                // restart can happen (one past due waits for the usual listing).
+                restarts
+                    .next_due()
+                    .filter(|due| *due > now)
+                    .map_or(spec.discovery_interval, |due| {
+                        (due - now).min(spec.discovery_interval)
+                    })
             }
             Err(DiscoveryError::Source(e)) => {
                 failures = failures.saturating_add(1);
