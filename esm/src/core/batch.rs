@@ -11,7 +11,9 @@
 //! - otherwise records are gathered until `maximum_batching_window_in_seconds` has
 //!   passed since the first of them arrived (a window of 0 invokes with whatever one
 //!   read returned);
-//! - at the end of a shard, or on shutdown, whatever is pending goes out at once.
+//! - at the end of a shard, or on shutdown, whatever is pending goes out at once;
+//! - with a tumbling window, a batch holds the records of one window only, and the
+//!   window's fields and state count against the 6 MB cap.
 //!
 //! A single record whose event alone is above the cap cannot be invoked at all; it
 //! comes out alone as an [`Batch::oversized`] batch so the failure rules can deal
@@ -57,6 +59,8 @@ pub struct Batch {
     pub event_len: usize,
     /// The memory the records hold ([`Record::memory_size`], summed).
     pub memory: usize,
+    /// The tumbling window the records fall in (its key; 0 without windows).
+    pub window: i64,
 }
 
 impl Batch {
@@ -95,6 +99,8 @@ struct Pending {
     event_len: usize,
     /// Its arrival ordinal in the shard.
     ordinal: u64,
+    /// Its tumbling window (0 without windows): a batch never spans two.
+    window: i64,
 }
 
 /// Gathers records into batches.
@@ -134,6 +140,12 @@ impl Batcher {
     /// Adds a record read at `now`, with its arrival ordinal in the shard (any
     /// increasing number; the batches carry it back out).
     pub fn push(&mut self, record: Record, ordinal: u64, now: Instant) {
+        self.push_in_window(record, ordinal, now, 0);
+    }
+
+    /// Adds a record that falls in tumbling window `window` (a key that never
+    /// decreases): a batch holds records of one window only.
+    pub fn push_in_window(&mut self, record: Record, ordinal: u64, now: Instant, window: i64) {
         let event_len = self.encoder.record_len(&record);
         if self.pending.is_empty() {
             self.window_opened = Some(now);
@@ -143,6 +155,7 @@ impl Batcher {
             record,
             event_len,
             ordinal,
+            window,
         });
     }
 
@@ -156,6 +169,11 @@ impl Batcher {
         self.pending_memory
     }
 
+    /// The tumbling window of the oldest pending record.
+    pub fn front_window(&self) -> Option<i64> {
+        self.pending.front().map(|p| p.window)
+    }
+
     /// When the window of the pending records closes, if any are pending.
     pub fn wake_at(&self) -> Option<Instant> {
         self.window_opened.map(|opened| opened + self.limits.window)
@@ -164,8 +182,15 @@ impl Batcher {
     /// The next batch, if one is due at `now`. With `flush` (end of shard, shutdown)
     /// pending records go out without waiting for the window.
     pub fn next_batch(&mut self, now: Instant, flush: bool) -> Option<Batch> {
+        self.next_batch_with(now, flush, 0)
+    }
+
+    /// [`next_batch`](Self::next_batch) for an event that carries `reserve` bytes
+    /// beyond its records (a tumbling window's fields and state), counted against the
+    /// payload cap. A record of a later tumbling window closes the batch.
+    pub fn next_batch_with(&mut self, now: Instant, flush: bool, reserve: usize) -> Option<Batch> {
         let opened = self.window_opened?;
-        let (count, event_len) = self.fitting_prefix();
+        let (count, event_len) = self.fitting_prefix(reserve);
         let full = count == self.limits.max_records || count < self.pending.len();
         let window_closed = now >= opened + self.limits.window;
         if !(full || window_closed || flush) {
@@ -176,6 +201,7 @@ impl Batcher {
             ordinals: Vec::with_capacity(count),
             event_len,
             memory: 0,
+            window: self.pending.front().map_or(0, |p| p.window),
         };
         for pending in self.pending.drain(..count) {
             batch.memory += pending.record.memory_size();
@@ -193,11 +219,12 @@ impl Batcher {
 
     /// How many pending records fit in one batch, and the event size for them. Always
     /// at least one record when any is pending, even one above the cap by itself.
-    fn fitting_prefix(&self) -> (usize, usize) {
-        let mut len = EventEncoder::empty_event_len();
+    fn fitting_prefix(&self, reserve: usize) -> (usize, usize) {
+        let mut len = EventEncoder::empty_event_len() + reserve;
         let mut count = 0;
+        let window = self.pending.front().map(|p| p.window);
         for (i, pending) in self.pending.iter().enumerate() {
-            if count == self.limits.max_records {
+            if count == self.limits.max_records || Some(pending.window) != window {
                 break;
             }
             let next = len + pending.event_len + usize::from(i > 0);

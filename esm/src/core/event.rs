@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use super::record::Record;
+use super::window::WindowBounds;
 
 /// Lambda's cap on a synchronous invocation payload: 6 MB (6 × 2²⁰ bytes).
 pub const MAX_EVENT_BYTES: usize = 6 * 1024 * 1024;
@@ -39,6 +40,19 @@ pub struct EventSource {
     pub shard_id: String,
 }
 
+/// The fields a tumbling window adds to an event, after `Records`.
+#[derive(Clone, Copy, Debug)]
+pub struct WindowFields<'a> {
+    /// The window.
+    pub bounds: WindowBounds,
+    /// The state, compact JSON (an object).
+    pub state: &'a [u8],
+    /// `isFinalInvokeForWindow`.
+    pub is_final: bool,
+    /// `isWindowTerminatedEarly`.
+    pub terminated_early: bool,
+}
+
 /// Writes Lambda Kinesis events for one shard.
 #[derive(Clone, Debug)]
 pub struct EventEncoder {
@@ -46,6 +60,8 @@ pub struct EventEncoder {
     event_id_prefix: Vec<u8>,
     /// Everything after the `eventID` value up to the end of the record object.
     record_tail: Vec<u8>,
+    /// `,"shardId":"…","eventSourceARN":"…"`, the fixed part of a window's fields.
+    window_ids: Vec<u8>,
 }
 
 impl EventEncoder {
@@ -63,10 +79,58 @@ impl EventEncoder {
         record_tail.extend_from_slice(br#"","eventSourceARN":""#);
         write_escaped(&mut record_tail, &source.stream_arn);
         record_tail.extend_from_slice(br#""}"#);
+        let mut window_ids = Vec::new();
+        window_ids.extend_from_slice(br#","shardId":""#);
+        write_escaped(&mut window_ids, &source.shard_id);
+        window_ids.extend_from_slice(br#"","eventSourceARN":""#);
+        write_escaped(&mut window_ids, &source.stream_arn);
+        window_ids.push(b'"');
         Self {
             event_id_prefix,
             record_tail,
+            window_ids,
         }
+    }
+
+    /// The bytes a tumbling window's fields add to an event.
+    pub fn window_fields_len(&self, fields: &WindowFields<'_>) -> usize {
+        let mut out = Vec::new();
+        self.write_window_fields(fields, &mut out);
+        out.len()
+    }
+
+    /// Writes the event for `records` in a tumbling window into `out` (cleared first):
+    /// `Records`, then `window`, `state`, `shardId`, `eventSourceARN`,
+    /// `isFinalInvokeForWindow` and `isWindowTerminatedEarly`, as Lambda writes them.
+    pub fn encode_windowed<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Record>,
+        fields: &WindowFields<'_>,
+        out: &mut Vec<u8>,
+    ) {
+        self.encode(records, out);
+        // Re-open the event object after `Records` to add the window's fields.
+        out.truncate(out.len() - 1);
+        self.write_window_fields(fields, out);
+        out.push(b'}');
+    }
+
+    /// `,"window":{…},"state":…,"shardId":…,…,"isWindowTerminatedEarly":…`
+    fn write_window_fields(&self, fields: &WindowFields<'_>, out: &mut Vec<u8>) {
+        let time = |t: &chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        };
+        out.extend_from_slice(br#","window":{"start":""#);
+        out.extend_from_slice(time(&fields.bounds.start).as_bytes());
+        out.extend_from_slice(br#"","end":""#);
+        out.extend_from_slice(time(&fields.bounds.end).as_bytes());
+        out.extend_from_slice(br#""},"state":"#);
+        out.extend_from_slice(fields.state);
+        out.extend_from_slice(&self.window_ids);
+        out.extend_from_slice(br#","isFinalInvokeForWindow":"#);
+        out.extend_from_slice(json_bool(fields.is_final));
+        out.extend_from_slice(br#","isWindowTerminatedEarly":"#);
+        out.extend_from_slice(json_bool(fields.terminated_early));
     }
 
     /// The size of an event holding no records.
@@ -141,6 +205,14 @@ impl EventEncoder {
         out.extend_from_slice(&self.event_id_prefix);
         out.extend_from_slice(seq);
         out.extend_from_slice(&self.record_tail);
+    }
+}
+
+fn json_bool(b: bool) -> &'static [u8] {
+    if b {
+        b"true"
+    } else {
+        b"false"
     }
 }
 
@@ -317,6 +389,44 @@ mod tests {
                 let event_id = format!("shardId-000000000001:{}", want.sequence());
                 prop_assert_eq!(got.event_id.as_deref(), Some(event_id.as_str()));
             }
+        }
+    }
+
+    proptest! {
+        /// A windowed event reads back with the handler SDK's window type and with
+        /// `aws_lambda_events`' own, and `window_fields_len` is exact.
+        #[test]
+        fn windowed_events_read_back(
+            records in proptest::collection::vec(arb_record(), 0..4),
+            start in 0i64..4_000_000_000,
+            is_final: bool,
+            terminated_early: bool,
+            value in "[a-z\"\\\\]{0,8}",
+        ) {
+            use crate::core::window::Tumbling;
+            let enc = EventEncoder::new(&source());
+            let bounds = Tumbling::new(std::time::Duration::from_secs(60))
+                .unwrap()
+                .window_of(chrono::Utc.timestamp_opt(start, 0).unwrap());
+            let state = serde_json::to_vec(&serde_json::json!({ "k": value })).unwrap();
+            let fields = WindowFields { bounds, state: &state, is_final, terminated_early };
+            let mut out = Vec::new();
+            enc.encode_windowed(&records, &fields, &mut out);
+            prop_assert_eq!(out.len(), enc.event_len(&records) + enc.window_fields_len(&fields));
+            let event: handler_sdk::window::KinesisWindowEvent<std::collections::BTreeMap<String, String>> =
+                serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(event.records.len(), records.len());
+            let window = event.window.unwrap();
+            prop_assert_eq!(window.start, bounds.start);
+            prop_assert_eq!(window.end, bounds.end);
+            prop_assert_eq!(event.state.get("k").cloned(), Some(value.clone()));
+            prop_assert_eq!(event.shard_id.as_deref(), Some("shardId-000000000001"));
+            prop_assert_eq!(event.is_final_invoke_for_window, is_final);
+            prop_assert_eq!(event.is_window_terminated_early, terminated_early);
+            let theirs: handler_sdk::events::KinesisTimeWindowEvent =
+                serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(theirs.time_window_properties.is_final_invoke_for_window, is_final);
+            prop_assert_eq!(theirs.time_window_properties.state.get("k").cloned(), Some(value));
         }
     }
 

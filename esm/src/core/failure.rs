@@ -216,6 +216,14 @@ impl BatchProgress {
         Self { pieces }
     }
 
+    /// An invocation that carries no records (a tumbling window's final invocation, or
+    /// the one that ends it early): one piece under the same rules as any other.
+    pub fn no_records() -> Self {
+        Self {
+            pieces: VecDeque::from([Piece::new(0..0)]),
+        }
+    }
+
     /// Whether every record is done or given up.
     pub fn is_finished(&self) -> bool {
         self.pieces.is_empty()

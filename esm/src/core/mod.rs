@@ -18,3 +18,4 @@ pub mod partition;
 pub mod record;
 pub mod response;
 pub mod shard;
+pub mod window;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::config::{FunctionConfig, MappingConfig, StartingPosition};
 use crate::core::batch::BatchLimits;
 use crate::core::failure::FailureRules;
+use crate::core::window::Tumbling;
 use crate::invoke::Invoker;
 use crate::metrics::MappingMetrics;
 use crate::store::{CheckpointStore, StartAt};
@@ -49,6 +50,8 @@ pub struct MappingSpec {
     pub deaggregate: bool,
     /// `parallelization_factor`: lanes per shard.
     pub parallelization: usize,
+    /// `tumbling_window_in_seconds`, when set.
+    pub tumbling: Option<Tumbling>,
     /// The on-failure destination's ARN, for logs.
     pub destination_arn: Option<String>,
 }
@@ -88,6 +91,7 @@ impl MappingSpec {
             discovery_interval: m.shard_discovery_interval,
             deaggregate: m.deaggregate,
             parallelization: usize::from(m.parallelization_factor),
+            tumbling: Tumbling::new(m.tumbling_window),
             destination_arn: m.on_failure_destination.as_ref().map(|d| d.arn.clone()),
         }
     }

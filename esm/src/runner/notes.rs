@@ -72,6 +72,17 @@ pub(crate) fn report(note: &Note, spec: &MappingSpec, metrics: &MappingMetrics) 
         Note::ReaderFailed { reason } => {
             tracing::error!(%reason, "the shard reader stopped; the shard stops once its invocations in flight have ended");
         }
+        Note::WindowInvocationGaveUp {
+            lane,
+            window,
+            condition,
+            invocations,
+        } => {
+            let (start, end) = window.map_or((String::new(), String::new()), |w| {
+                (w.start.to_rfc3339(), w.end.to_rfc3339())
+            });
+            tracing::error!(lane, %start, %end, condition = condition.as_str(), approximate_invoke_count = invocations, "a tumbling window's last invocation (no records) was given up: the window's aggregate is lost; its records were handled by earlier invocations and are not read again");
+        }
         Note::AggregatedRecords => {
             tracing::warn!("KPL-aggregated records found: de-aggregation is not built yet, so they reach the function as the Kinesis records they are");
         }

@@ -65,6 +65,7 @@ impl ShardRunner {
             limits: spec.limits,
             rules,
             router: LaneRouter::new(shard.hash_start, shard.hash_end, spec.parallelization),
+            tumbling: spec.tumbling,
             encoder: EventEncoder::new(&EventSource {
                 stream_arn: spec.stream_arn.clone(),
                 region: spec.region.clone(),

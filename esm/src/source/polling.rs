@@ -174,6 +174,7 @@ impl PollingReader {
     }
 
     async fn get_records(&mut self, iterator: String, started: Instant) -> Result<Page, Failure> {
+        let issued_at = chrono::Utc::now();
         let result = self
             .client
             .get_records()
@@ -256,6 +257,7 @@ impl PollingReader {
             records,
             millis_behind_latest: out.millis_behind_latest,
             end,
+            issued_at: Some(issued_at),
         })
     }
 }

@@ -6,19 +6,32 @@
 //! the keys routed to it. A lane is driven by [`Lane::advance`], which runs until it
 //! has to wait: for an invocation or a delivery in flight, a retry's due time, the
 //! batching window, or the shard's permission to start work.
+//!
+//! With a tumbling window (only ever with one lane) the lane also carries the open
+//! window: its state, passed from one invocation to the next, and the checkpoint it
+//! holds at the window's start until the window's final invocation is done. A batch
+//! never spans two windows; once a window has ended ([`WindowClock::has_ended`]) its
+//! last batch, or an invocation with no records, goes out with
+//! `isFinalInvokeForWindow`. A state above 1 MB ends the window early: the next
+//! invocation carries no records and `isWindowTerminatedEarly`, and the window goes on
+//! with fresh state from a checkpoint after it.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Instant;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::tracker::{CheckpointTracker, Settled};
 use super::{DeliveryRequest, Effect, Env, InvokeRequest, Note, ShardSettings};
 use crate::core::batch::{Batch, Batcher};
+use crate::core::event::WindowFields;
 use crate::core::failure::{Action, BatchProgress, Condition, LastFailure, Outcome};
 use crate::core::record::{Position, Record};
+use crate::core::response::{batch_item_failures, Verdict};
+use crate::core::window::{self, WindowBounds, WindowClock, EMPTY_STATE, MAX_STATE_BYTES};
 
 /// What a lane may do in one step, as the shard decides it.
 pub(super) struct Ctx<'a> {
@@ -42,9 +55,14 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Whether an invocation may start now: the shard is running and every record done
-    /// so far is durably checkpointed, so a crash re-delivers only what is in flight.
-    fn may_invoke(&self) -> bool {
-        self.may_start && !self.saving && self.tracker.checkpoint() == self.saved
+    /// so far is durably checkpointed (up to the lane's open window, which `hold`s the
+    /// checkpoint at its start), so a crash re-delivers only what is in flight.
+    fn may_invoke(&self, hold: Option<&Option<Position>>) -> bool {
+        let checkpoint = match hold {
+            Some(hold) => hold.as_ref(),
+            None => self.tracker.checkpoint(),
+        };
+        self.may_start && !self.saving && checkpoint == self.saved
     }
 
     /// Whether a batch whose first record has `ordinal` is close enough to the
@@ -68,6 +86,27 @@ struct Work {
     /// Decisions of the failure rules still to carry out, in shard order.
     settled: VecDeque<Action>,
     wait: Wait,
+    /// Its last invocation is the window's final one (`isFinalInvokeForWindow`).
+    closes_window: bool,
+    /// Its last invocation ends the window early (`isWindowTerminatedEarly`).
+    ends_window_early: bool,
+}
+
+/// The tumbling window a lane is invoking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct OpenWindow {
+    /// The window.
+    pub bounds: WindowBounds,
+    /// The state the next invocation carries (compact JSON).
+    #[serde(skip)]
+    state: Bytes,
+    /// The size of that state.
+    pub state_bytes: usize,
+    /// The checkpoint stays here, at the window's start, until its final invocation is
+    /// done: after a crash the window is read again and its state rebuilt.
+    pub hold: Option<Position>,
+    /// The state went over 1 MB: the next invocation ends the window early.
+    pub terminate_early: bool,
 }
 
 /// What a lane's batch is waiting for.
@@ -106,10 +145,14 @@ pub struct Lane {
     index: usize,
     batcher: Batcher,
     work: Option<Work>,
+    /// The open tumbling window, if any.
+    window: Option<OpenWindow>,
+    /// What tells whether a window has ended.
+    clock: WindowClock,
 }
 
 /// What `/status` shows of a lane.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct LaneStatus {
     /// The lane's index.
     pub lane: usize,
@@ -121,6 +164,9 @@ pub struct LaneStatus {
     pub state: &'static str,
     /// Invocations so far of the records to invoke next.
     pub attempt: u32,
+    /// The open tumbling window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<OpenWindow>,
 }
 
 impl Serialize for Lane {
@@ -136,6 +182,8 @@ impl Lane {
             index,
             batcher,
             work: None,
+            window: None,
+            clock: WindowClock::default(),
         }
     }
 
@@ -160,12 +208,38 @@ impl Lane {
             batch_records,
             state,
             attempt,
+            window: self.window.clone(),
         }
     }
 
     /// Takes a record read at `now`.
-    pub(super) fn push(&mut self, record: Record, ordinal: u64, now: Instant) {
-        self.batcher.push(record, ordinal, now);
+    pub(super) fn push(
+        &mut self,
+        record: Record,
+        ordinal: u64,
+        now: Instant,
+        settings: &ShardSettings,
+    ) {
+        match &settings.tumbling {
+            Some(tumbling) => {
+                let window = self.clock.admit(tumbling, record.approximate_arrival);
+                self.batcher
+                    .push_in_window(record, ordinal, now, window.key());
+            }
+            None => self.batcher.push(record, ordinal, now),
+        }
+    }
+
+    /// A read issued at `issued_at` returned `millis_behind_latest` (for when a
+    /// tumbling window has ended).
+    pub(super) fn read(&mut self, issued_at: DateTime<Utc>, millis_behind_latest: Option<i64>) {
+        self.clock.read(issued_at, millis_behind_latest);
+    }
+
+    /// Where the lane's open window holds the checkpoint (`Some(None)`: before any
+    /// record); `None` without an open window.
+    pub(super) fn hold(&self) -> Option<&Option<Position>> {
+        self.window.as_ref().map(|w| &w.hold)
     }
 
     /// Records held: waiting to be batched or in the batch being worked on.
@@ -182,7 +256,7 @@ impl Lane {
                     _ => 0,
                 }
         });
-        self.batcher.pending_memory() + work
+        self.batcher.pending_memory() + work + self.window.as_ref().map_or(0, |w| w.state.len())
     }
 
     /// Whether an invocation or a delivery of this lane is in flight.
@@ -193,9 +267,9 @@ impl Lane {
         )
     }
 
-    /// Whether the lane holds no record at all.
+    /// Whether the lane holds no record at all, and no open window.
     pub(super) fn is_empty(&self) -> bool {
-        self.work.is_none() && self.batcher.pending_len() == 0
+        self.work.is_none() && self.batcher.pending_len() == 0 && self.window.is_none()
     }
 
     /// When the lane next has something to do without any other input.
@@ -215,13 +289,9 @@ impl Lane {
         let now = ctx.env.now;
         loop {
             let Some(work) = self.work.as_mut() else {
-                if !ctx.may_start {
+                if !ctx.may_start || !self.start_work(ctx) {
                     return;
                 }
-                let Some(batch) = self.batcher.next_batch(now, ctx.flush) else {
-                    return;
-                };
-                self.work = Some(Work::new(batch, ctx.settings));
                 continue;
             };
             match &work.wait {
@@ -245,6 +315,18 @@ impl Lane {
                         invocations,
                         last_failure,
                     } => {
+                        if range.is_empty() {
+                            // A window's invocation without records ran out: nothing
+                            // to deliver, but the log says which window lost its end.
+                            let bounds = self.window.as_ref().map(|w| w.bounds);
+                            ctx.effects.push(Effect::Note(Note::WindowInvocationGaveUp {
+                                lane: self.index,
+                                window: bounds,
+                                condition,
+                                invocations,
+                            }));
+                            continue;
+                        }
                         if !ctx.settings.has_destination {
                             self.note_gave_up(&range, condition, invocations, false, ctx);
                             self.mark(range, Settled::Dropped, ctx);
@@ -275,11 +357,17 @@ impl Lane {
                 continue;
             }
             if work.progress.is_finished() {
-                self.work = None;
+                self.finish_work(ctx);
                 continue;
             }
-            let first = work.batch.ordinals.first().copied().unwrap_or_default();
-            if !ctx.may_invoke() || !ctx.close_enough(first) {
+            let first = work
+                .batch
+                .ordinals
+                .first()
+                .copied()
+                .unwrap_or_else(|| ctx.tracker.first_outstanding());
+            let hold = self.window.as_ref().map(|w| &w.hold);
+            if !ctx.may_invoke(hold) || !ctx.close_enough(first) {
                 return;
             }
             match work
@@ -300,20 +388,114 @@ impl Lane {
         }
     }
 
+    /// Takes up the next piece of work: a window's invocation without records when one
+    /// is due, else the next batch. Returns whether there is work.
+    fn start_work(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let now = ctx.env.now;
+        let Some(tumbling) = ctx.settings.tumbling else {
+            let Some(batch) = self.batcher.next_batch(now, ctx.flush) else {
+                return false;
+            };
+            self.work = Some(Work::new(batch, ctx.settings, false, false));
+            return true;
+        };
+        // The end of a closed shard ends its open window early.
+        let ended = |lane: &Self, bounds: &WindowBounds| ctx.flush || lane.clock.has_ended(bounds);
+        if let Some(open) = &self.window {
+            let more = self.batcher.front_window() == Some(open.bounds.key());
+            let closes = !more && ended(self, &open.bounds);
+            if open.terminate_early || closes {
+                // Nothing left of the window to invoke, but an invocation is due: the
+                // final one, or the one that ends the window early.
+                let early = open.terminate_early || ctx.flush;
+                self.work = Some(Work::new(Batch::default(), ctx.settings, closes, early));
+                return true;
+            }
+        }
+        let front = self.batcher.front_window();
+        let flush = front.is_some_and(|key| ended(self, &tumbling.window_at(key)));
+        let reserve = match (&self.window, front) {
+            (Some(open), Some(key)) if open.bounds.key() == key => {
+                ctx.settings.encoder.window_fields_len(&WindowFields {
+                    bounds: open.bounds,
+                    state: &open.state,
+                    is_final: false,
+                    terminated_early: false,
+                })
+            }
+            (_, Some(key)) => ctx.settings.encoder.window_fields_len(&WindowFields {
+                bounds: tumbling.window_at(key),
+                state: EMPTY_STATE,
+                is_final: false,
+                terminated_early: false,
+            }),
+            (_, None) => 0,
+        };
+        let Some(batch) = self
+            .batcher
+            .next_batch_with(now, ctx.flush || flush, reserve)
+        else {
+            return false;
+        };
+        let bounds = tumbling.window_at(batch.window);
+        if self.window.as_ref().map(|w| w.bounds) != Some(bounds) {
+            // The window's first batch: fresh state, and the checkpoint held here.
+            self.window = Some(OpenWindow {
+                bounds,
+                state: Bytes::from_static(EMPTY_STATE),
+                state_bytes: EMPTY_STATE.len(),
+                hold: ctx.tracker.checkpoint().cloned(),
+                terminate_early: false,
+            });
+        }
+        let closes = self.batcher.front_window() != Some(batch.window) && ended(self, &bounds);
+        self.work = Some(Work::new(batch, ctx.settings, closes, closes && ctx.flush));
+        true
+    }
+
+    /// The lane's work is done: a window's final invocation closes it (the checkpoint
+    /// moves past it), an early end starts it again with fresh state.
+    fn finish_work(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(work) = self.work.take() else {
+            return;
+        };
+        if work.closes_window {
+            self.window = None;
+        } else if work.ends_window_early {
+            if let Some(open) = &mut self.window {
+                open.state = Bytes::from_static(EMPTY_STATE);
+                open.state_bytes = EMPTY_STATE.len();
+                open.hold = ctx.tracker.checkpoint().cloned();
+                open.terminate_early = false;
+            }
+        }
+    }
+
+    /// The window fields of an invocation of `range` of the work's batch.
+    fn window_fields<'a>(&'a self, work: &Work, range: &Range<usize>) -> Option<WindowFields<'a>> {
+        let open = self.window.as_ref()?;
+        let last = range.end == work.batch.len();
+        Some(WindowFields {
+            bounds: open.bounds,
+            state: &open.state,
+            is_final: work.closes_window && last,
+            terminated_early: work.ends_window_early && last,
+        })
+    }
+
     /// Starts the invocation of `range` of the batch.
     fn invoke(&mut self, range: Range<usize>, ctx: &mut Ctx<'_>) {
-        let Some(work) = self.work.as_mut() else {
+        let Some(work) = self.work.as_ref() else {
             return;
         };
         let records = &work.batch.records[range.clone()];
         let encoder = &ctx.settings.encoder;
-        let event_len = if range.len() == work.batch.len() {
-            work.batch.event_len
-        } else {
-            encoder.event_len(records)
-        };
-        let mut payload = Vec::with_capacity(event_len);
-        encoder.encode(records, &mut payload);
+        let mut payload = Vec::with_capacity(work.batch.event_len);
+        match self.window_fields(work, &range) {
+            Some(fields) => encoder.encode_windowed(records, &fields, &mut payload),
+            None => encoder.encode(records, &mut payload),
+        }
+        let event_len = payload.len();
         let (first, last) = span(records);
         ctx.effects.push(Effect::Invoke(InvokeRequest {
             lane: self.index,
@@ -324,7 +506,9 @@ impl Lane {
             last,
             attempt: work.progress.attempt() + 1,
         }));
-        work.wait = Wait::Invoking { range, event_len };
+        if let Some(work) = self.work.as_mut() {
+            work.wait = Wait::Invoking { range, event_len };
+        }
     }
 
     /// Sends records given up to the destination (again, after a failed send).
@@ -350,6 +534,14 @@ impl Lane {
         };
         let Wait::Invoking { range, .. } = &work.wait else {
             return;
+        };
+        let windowed;
+        let outcome = match (&mut self.window, outcome) {
+            (Some(open), Outcome::Returned { response }) => {
+                windowed = take_state(open, response, &work.batch.records[range.clone()], ctx);
+                windowed.as_ref().unwrap_or(outcome)
+            }
+            _ => outcome,
         };
         if !matches!(outcome, Outcome::Returned { .. }) {
             let records = &work.batch.records[range.clone()];
@@ -445,8 +637,44 @@ impl Lane {
     }
 }
 
+/// Takes the state from a windowed invocation's response into the open window.
+/// Returns the outcome to record instead, when the response has no state (a failed
+/// invocation, Lambda's rule). The state is kept unless the whole invocation failed
+/// (a malformed `batchItemFailures`); with item failures, it is the state after the
+/// records before the first failure, which are done, and the rest is retried with it.
+fn take_state(
+    open: &mut OpenWindow,
+    response: &Bytes,
+    records: &[Record],
+    ctx: &Ctx<'_>,
+) -> Option<Outcome> {
+    let state = match window::read_state(response) {
+        Ok(state) => state,
+        Err(message) => {
+            return Some(Outcome::FunctionError {
+                error_type: "InvalidWindowResponse".to_owned(),
+                message,
+            })
+        }
+    };
+    if ctx.settings.rules.report_item_failures
+        && matches!(batch_item_failures(response, records), Verdict::Failed(_))
+    {
+        return None;
+    }
+    open.terminate_early = state.len() > MAX_STATE_BYTES;
+    open.state_bytes = state.len();
+    open.state = state;
+    None
+}
+
 impl Work {
-    fn new(batch: Batch, settings: &ShardSettings) -> Self {
+    fn new(
+        batch: Batch,
+        settings: &ShardSettings,
+        closes_window: bool,
+        ends_window_early: bool,
+    ) -> Self {
         if batch.oversized(&settings.limits) {
             // A record too large to be invoked at all: given up as it is.
             let mut settled = VecDeque::new();
@@ -461,13 +689,22 @@ impl Work {
                 progress: BatchProgress::new(0),
                 settled,
                 wait: Wait::Ready,
+                closes_window,
+                ends_window_early,
             };
         }
         Self {
-            progress: BatchProgress::new(batch.len()),
+            // A window's invocation without records is one piece of no records.
+            progress: if batch.is_empty() {
+                BatchProgress::no_records()
+            } else {
+                BatchProgress::new(batch.len())
+            },
             batch,
             settled: VecDeque::new(),
             wait: Wait::Ready,
+            closes_window,
+            ends_window_early,
         }
     }
 }

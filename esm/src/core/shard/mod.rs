@@ -57,6 +57,7 @@ use super::event::EventEncoder;
 use super::failure::{Condition, FailureRules, LastFailure, Outcome};
 use super::partition::LaneRouter;
 use super::record::{Position, Record, SequenceNumber};
+use super::window::{Tumbling, WindowBounds};
 
 /// The first bytes of a KPL aggregated record.
 pub const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
@@ -74,6 +75,9 @@ pub struct Page {
     pub millis_behind_latest: Option<i64>,
     /// `Some` when the shard is closed and fully read: its children, by id.
     pub end: Option<Vec<String>>,
+    /// When the read was issued (wall clock): with `millis_behind_latest` 0, every
+    /// record that arrived before it has been read (it ends tumbling windows).
+    pub issued_at: Option<DateTime<Utc>>,
 }
 
 /// Where a reader starts.
@@ -102,6 +106,8 @@ pub struct ShardSettings {
     pub rules: FailureRules,
     /// Which lane each record goes to.
     pub router: LaneRouter,
+    /// `tumbling_window_in_seconds`, when set (only ever with one lane).
+    pub tumbling: Option<Tumbling>,
     /// Writes the events.
     pub encoder: EventEncoder,
     /// Whether records given up go to an on-failure destination (else they are
@@ -347,6 +353,19 @@ pub enum Note {
     },
     /// KPL aggregated records were seen; they reach the function as they are.
     AggregatedRecords,
+    /// A tumbling window's invocation that carried no records (its final one, or the
+    /// one ending it early) was given up: the window's aggregate is lost, and its
+    /// records are not read again.
+    WindowInvocationGaveUp {
+        /// The lane.
+        lane: usize,
+        /// The window.
+        window: Option<WindowBounds>,
+        /// Why.
+        condition: Condition,
+        /// Invocations made.
+        invocations: u32,
+    },
 }
 
 /// What a shard is doing.
@@ -553,6 +572,20 @@ impl ShardMachine {
         matches!(self.state.phase, Phase::Reading | Phase::Draining)
     }
 
+    /// The checkpoint to save: the tracker's low-water mark, held back at the start
+    /// of an open tumbling window until its final invocation is done.
+    fn checkpoint_to_save(&self) -> Option<&Position> {
+        let state = &self.state;
+        state
+            .lanes
+            .iter()
+            .filter_map(Lane::hold)
+            .map(Option::as_ref)
+            .fold(state.tracker.checkpoint(), |checkpoint, hold| {
+                checkpoint.min(hold)
+            })
+    }
+
     fn records_held(&self) -> usize {
         self.state.lanes.iter().map(Lane::records).sum()
     }
@@ -585,7 +618,12 @@ impl ShardMachine {
             }
             let ordinal = self.state.tracker.admit();
             let lane = self.settings.router.lane_of(&record);
-            self.state.lanes[lane].push(record, ordinal, now);
+            self.state.lanes[lane].push(record, ordinal, now, &self.settings);
+        }
+        if let Some(issued_at) = page.issued_at {
+            for lane in &mut self.state.lanes {
+                lane.read(issued_at, page.millis_behind_latest);
+            }
         }
         if let Some(children) = page.end {
             effects.push(Effect::Note(Note::EndOfShard {
@@ -672,9 +710,10 @@ impl ShardMachine {
         }
         self.save_if_due(env, effects);
         self.end_if_done();
+        let checkpoint = self.checkpoint_to_save().cloned();
         let state = &mut self.state;
         state.buffered_bytes = state.lanes.iter().map(Lane::memory).sum();
-        state.checkpoint = state.tracker.checkpoint().cloned();
+        state.checkpoint = checkpoint;
         state.outstanding_records = state.tracker.outstanding();
         state.settled = state.tracker.counts();
     }
@@ -682,6 +721,7 @@ impl ShardMachine {
     /// Starts a checkpoint write when the tracker is ahead of the store (one at a
     /// time), or when a drained closed shard is ready to be marked finished.
     fn save_if_due(&mut self, env: &Env, effects: &mut Vec<Effect>) {
+        let checkpoint = self.checkpoint_to_save().cloned();
         let state = &mut self.state;
         if state.saving.is_some() || state.lease_lost || state.exit.is_some() {
             return;
@@ -690,7 +730,7 @@ impl ShardMachine {
             return;
         }
         state.save_retry_at = None;
-        let checkpoint = state.tracker.checkpoint();
+        let checkpoint = checkpoint.as_ref();
         let finished = state.phase == Phase::Draining
             && state.tracker.outstanding() == 0
             && state.lanes.iter().all(Lane::is_empty);
@@ -709,13 +749,13 @@ impl ShardMachine {
     /// Ends a stopping or failing shard once nothing is in flight and everything done
     /// is saved (or can no longer be).
     fn end_if_done(&mut self) {
+        let checkpoint = self.checkpoint_to_save().cloned();
         let state = &mut self.state;
         if !matches!(state.phase, Phase::Stopping | Phase::Failing) {
             return;
         }
         let quiet = state.saving.is_none() && !state.lanes.iter().any(Lane::in_flight);
-        let saved =
-            state.lease_lost || state.tracker.checkpoint() == state.saved.checkpoint.as_ref();
+        let saved = state.lease_lost || checkpoint.as_ref() == state.saved.checkpoint.as_ref();
         if !(quiet && saved) {
             return;
         }

@@ -12,6 +12,8 @@ use super::*;
 use crate::core::event::EventSource;
 use crate::core::failure::Outcome;
 
+mod windows;
+
 const SHARD: &str = "shardId-000000000000";
 
 fn seq(n: u64) -> SequenceNumber {
@@ -38,6 +40,7 @@ fn page(records: Vec<Record>) -> Page {
         records,
         millis_behind_latest: Some(0),
         end: None,
+        issued_at: None,
     }
 }
 
@@ -56,6 +59,7 @@ fn settings(
         limits: BatchLimits::new(batch_size, Duration::ZERO),
         rules,
         router: LaneRouter::new(0, u128::MAX, lanes),
+        tumbling: None,
         encoder: EventEncoder::new(&EventSource {
             stream_arn: "arn:aws:kinesis:us-east-1:000000000000:stream/s".into(),
             region: "us-east-1".into(),
@@ -101,6 +105,10 @@ struct Sim {
     saving: Option<ShardCheckpoint>,
     /// Every invocation started: lane and records.
     invoked: Vec<(usize, Vec<(String, String)>)>,
+    /// Every invocation's event, parsed.
+    events: Vec<serde_json::Value>,
+    /// Every invocation's event, as sent.
+    payloads: Vec<Bytes>,
     notes: Vec<Note>,
     saves: Vec<ShardCheckpoint>,
     max_concurrent: usize,
@@ -117,6 +125,8 @@ impl Sim {
             delivering: BTreeMap::new(),
             saving: None,
             invoked: Vec::new(),
+            events: Vec::new(),
+            payloads: Vec::new(),
             notes: Vec::new(),
             saves: Vec::new(),
             max_concurrent: 0,
@@ -139,6 +149,9 @@ impl Sim {
                     );
                     self.invoked
                         .push((request.lane, records_of(&request.payload)));
+                    self.events
+                        .push(serde_json::from_slice(&request.payload).unwrap());
+                    self.payloads.push(request.payload.clone());
                     let previous = self.invoking.insert(request.lane, request);
                     assert!(previous.is_none(), "two invocations in one lane");
                 }
