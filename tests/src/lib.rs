@@ -24,6 +24,47 @@ pub const ACCOUNT: &str = "000000000000";
 /// The region the tests use.
 pub const REGION: &str = "us-east-1";
 
+/// One invocation of the `windows` handler (the `tumbling-window` example), as the
+/// recorder writes it to `$RECORDER_WINDOWS`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WindowLine {
+    /// `shardId`.
+    pub shard: String,
+    /// The window's start (RFC 3339).
+    pub start: String,
+    /// `isFinalInvokeForWindow`.
+    pub is_final: bool,
+    /// `isWindowTerminatedEarly`.
+    pub early: bool,
+    /// The records.
+    pub records: Vec<WindowRecord>,
+    /// The state passed in.
+    pub state_in: std::collections::BTreeMap<String, u64>,
+    /// The state the example returned (its counts per key).
+    pub state_out: std::collections::BTreeMap<String, u64>,
+    /// When the invocation started (ms since the epoch).
+    pub started_ms: u64,
+}
+
+/// A record of a [`WindowLine`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WindowRecord {
+    /// Sequence number.
+    pub seq: String,
+    /// Partition key.
+    pub key: String,
+    /// `approximateArrivalTimestamp`, in ms since the epoch.
+    pub arrival_ms: i64,
+}
+
+/// Every complete line of a `$RECORDER_WINDOWS` file.
+pub fn read_window_lines(path: &Path) -> Vec<WindowLine> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
 /// One invocation, as `esm-recorder` writes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BatchLine {

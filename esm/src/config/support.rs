@@ -49,14 +49,6 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
                 "enhanced fan-out is not built yet; use the stream ARN",
             );
         }
-        if !m.tumbling_window.is_zero() {
-            unsupported(
-                at("tumbling_window_in_seconds"),
-                "tumbling_window_in_seconds",
-                m.tumbling_window.as_secs().to_string(),
-                "tumbling windows are not built yet",
-            );
-        }
         if !m.filter_criteria.is_empty() {
             let shown: Vec<String> = m.filter_criteria.iter().map(|p| format!("'{p}'")).collect();
             unsupported(

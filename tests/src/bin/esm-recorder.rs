@@ -19,6 +19,12 @@
 //! returns that JSON after handling a batch; `RECORDER_ATTEMPTS=FILE` appends one
 //! line per invocation (`{"first","last","n"}`) before anything else happens.
 //!
+//! A second handler, `windows`, is the `tumbling-window` example's aggregation
+//! (`tumbling_window_handler::handle`, counts per partition key in the window's
+//! state). Around it, one JSON line per invocation goes to `$RECORDER_WINDOWS`
+//! ([`WindowLine`]): the shard, the window, the flags, the records (sequence number,
+//! key, arrival) and the state in and out. `RECORDER_DELAY_MS` applies to it too.
+//!
 //! `RECORDER_PANIC_CLONE_ONCE=1` makes the registered service's `Clone` panic exactly
 //! once in the process's life. esm clones the handler for each invocation, inside the
 //! shard runner that makes it, so that shard runner panics (not the handler: the
@@ -34,9 +40,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use esm_e2e::{now_ms, BatchLine, RecordLine};
+use esm_e2e::{now_ms, BatchLine, RecordLine, WindowLine, WindowRecord};
 use handler_sdk::events::KinesisEvent;
+use handler_sdk::window::{KinesisWindowEvent, KinesisWindowResponse};
 use handler_sdk::{service_fn, Error, LambdaEvent, RecordExt, Service};
+use tumbling_window_handler::Counts;
 
 /// Which clone panics (`Some(n)`: the clone after `n` successful ones), from the
 /// environment.
@@ -241,5 +249,71 @@ fn main() -> std::process::ExitCode {
             Ok::<serde_json::Value, Error>(failures)
         }
     });
-    esm::cli::main(esm::Registry::new().handler("recorder", Recorder { inner: handler }))
+    esm::cli::main(
+        esm::Registry::new()
+            .handler("recorder", Recorder { inner: handler })
+            .handler("windows", window_recorder(delay)),
+    )
+}
+
+/// The `tumbling-window` example's handler, with one [`WindowLine`] per invocation
+/// appended to `$RECORDER_WINDOWS`.
+fn window_recorder(
+    delay: Option<Duration>,
+) -> impl Service<
+    LambdaEvent<KinesisWindowEvent<Counts>>,
+    Response = KinesisWindowResponse<Counts>,
+    Error = Error,
+    Future = impl std::future::Future<Output = Result<KinesisWindowResponse<Counts>, Error>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    let path = std::env::var("RECORDER_WINDOWS").unwrap_or_else(|_| "windows.jsonl".into());
+    let file = Arc::new(Mutex::new(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("RECORDER_WINDOWS must be writable"),
+    ));
+    service_fn(move |event: LambdaEvent<KinesisWindowEvent<Counts>>| {
+        let file = file.clone();
+        async move {
+            let started_ms = now_ms();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            let payload = &event.payload;
+            let mut line = WindowLine {
+                shard: payload.shard_id.clone().unwrap_or_default(),
+                start: payload
+                    .window
+                    .as_ref()
+                    .map(|w| w.start.to_rfc3339())
+                    .unwrap_or_default(),
+                is_final: payload.is_final_invoke_for_window,
+                early: payload.is_window_terminated_early,
+                records: payload
+                    .records
+                    .iter()
+                    .map(|r| WindowRecord {
+                        seq: r.kinesis.sequence_number.clone(),
+                        key: r.kinesis.partition_key.clone(),
+                        arrival_ms: r.kinesis.approximate_arrival_timestamp.0.timestamp_millis(),
+                    })
+                    .collect(),
+                state_in: payload.state.clone(),
+                state_out: Counts::new(),
+                started_ms,
+            };
+            let response = tumbling_window_handler::handle(event).await?;
+            line.state_out = response.state.clone();
+            let mut text = serde_json::to_string(&line)?;
+            text.push('\n');
+            let mut f = file.lock().map_err(|_| Error::from("poisoned"))?;
+            f.write_all(text.as_bytes())?;
+            f.flush()?;
+            Ok(response)
+        }
+    })
 }
