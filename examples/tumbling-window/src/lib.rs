@@ -12,10 +12,9 @@
 //! invocation (`isFinalInvokeForWindow`) it logs the totals, one line per window and
 //! shard. The handler itself keeps nothing between invocations.
 //!
-//! esm does not build tumbling windows yet (`tumbling_window_in_seconds` is refused
-//! with "not supported yet"); on AWS Lambda this runs as described today. Until esm
-//! has windows it still runs under esm: an event without a window reads with empty
-//! state and counts as a window of its own
+//! It runs the same on AWS Lambda and under esm. Without a tumbling window on the
+//! mapping it still runs: an event without a window reads with empty state and counts
+//! as a window of its own
 //! ([`KinesisWindowEvent::ends_window`](handler_sdk::window::KinesisWindowEvent::ends_window)),
 //! so the totals are logged per batch.
 //!
@@ -218,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_window_each_batch_is_counted_alone() {
-        // What esm sends until it builds tumbling windows: a plain Kinesis event.
+        // What a mapping without a tumbling window sends: a plain Kinesis event.
         let json = format!("{{{}}}", records_json(&["key-a", "key-a"]));
         let event: LambdaEvent<KinesisWindowEvent<Counts>> = testing::lambda_event(&json).unwrap();
         assert!(event.payload.ends_window());
