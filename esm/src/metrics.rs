@@ -82,6 +82,11 @@ pub struct DroppedCounters {
 }
 
 impl DroppedCounters {
+    /// All records dropped, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.record_age.get() + self.retries_exhausted.get() + self.oversized.get()
+    }
+
     /// The counter for records given up with `condition` (its `reason` label is
     /// [`Condition::drop_reason`]).
     pub fn by_condition(&self, condition: Condition) -> &Counter {
@@ -98,6 +103,8 @@ impl DroppedCounters {
 pub struct MappingMetrics {
     /// `esm_polled_events_total`.
     pub polled_events: Counter,
+    /// `esm_filtered_out_events_total`: records that matched no filter pattern.
+    pub filtered_out_events: Counter,
     /// `esm_invoked_events_total` (a record counts again on each retry).
     pub invoked_events: Counter,
     /// `esm_failed_invoke_events_total`.

@@ -192,14 +192,22 @@ pub async fn put_records(
     size: usize,
     keys: usize,
 ) -> Vec<PutRecord> {
-    let mut placed = Vec::with_capacity(count);
-    let mut n = first;
-    while n < first + count {
-        let chunk_end = (n + 500).min(first + count);
-        let mut entries: Vec<(String, Vec<u8>)> = (n..chunk_end)
-            .map(|i| (format!("key-{}", i % keys.max(1)), record_payload(i, size)))
-            .collect();
-        // Retry entries the emulator failed, keeping their order.
+    let entries = (first..first + count)
+        .map(|i| (format!("key-{}", i % keys.max(1)), record_payload(i, size)))
+        .collect();
+    put_entries(client, stream, entries).await
+}
+
+/// Puts `(partition key, data)` entries, in order, 500 per PutRecords call (retrying
+/// the entries the emulator failed), and returns where each landed.
+pub async fn put_entries(
+    client: &Client,
+    stream: &str,
+    all: Vec<(String, Vec<u8>)>,
+) -> Vec<PutRecord> {
+    let mut placed = Vec::with_capacity(all.len());
+    for chunk in all.chunks(500) {
+        let mut entries = chunk.to_vec();
         let mut attempts = 0;
         while !entries.is_empty() {
             attempts += 1;
@@ -234,7 +242,6 @@ pub async fn put_records(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-        n = chunk_end;
     }
     placed
 }

@@ -156,6 +156,16 @@ async fn run_inner(
                             tracing::error!(error = %e, "a shard runner panicked");
                         }
                     }
+                    let m = &ctx.metrics;
+                    tracing::info!(
+                        polled = m.polled_events.get(),
+                        filtered_out = m.filtered_out_events.get(),
+                        invoked = m.invoked_events.get(),
+                        failed_invoke = m.failed_invoke_events.get(),
+                        delivered_to_destination = m.destination_delivered_events.get(),
+                        dropped = m.dropped_events.total(),
+                        "mapping stopped; its totals since start"
+                    );
                     return Ok(());
                 }
                 _ = &mut sleep => break,
