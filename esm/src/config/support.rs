@@ -1,38 +1,59 @@
 //! Settings that are valid but not built yet. Each is rejected, rather than
 //! silently ignored, so a config never means something esm does not do.
-//! Delete a check here when its feature lands.
+//! A `[[mapping]]` key names its check in its declaration (`keys.rs`,
+//! `unsupported:`); delete the check, and that line, when its feature lands.
 
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
-use super::{Config, DestinationKind, StoreConfig};
+use super::walk::child_path;
+use super::{Config, DestinationArn, DestinationKind, EventSourceArn, StoreConfig};
+
+/// A setting that is valid but not built yet.
+pub(crate) struct NotYet {
+    /// Where it is, under its mapping (or at the root).
+    at: String,
+    /// The key as shown in the message.
+    key: &'static str,
+    /// The value as shown in the message (strings quoted).
+    value: String,
+    /// Why not, and what to do instead.
+    why: &'static str,
+}
+
+impl NotYet {
+    /// `PARENT.AT: not supported yet: KEY = VALUE (WHY)`.
+    fn problem(self, parent: &str) -> Problem {
+        Problem::new(
+            child_path(parent, &self.at),
+            format!(
+                "not supported yet: {} = {} ({})",
+                self.key, self.value, self.why
+            ),
+        )
+    }
+}
 
 /// Problems for every setting in `config` that esm does not support yet,
 /// as `PATH: not supported yet: KEY = VALUE (why)`.
 pub fn check_supported(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
-    let mut unsupported = |path: String, key: &str, value: String, why: &str| {
-        problems.push(Problem::new(
-            path,
-            format!("not supported yet: {key} = {value} ({why})"),
-        ));
-    };
-
     if let StoreConfig::DynamoDb { .. } = config.store {
-        unsupported(
-            "store.kind".to_string(),
-            "kind",
-            quote("dynamodb"),
-            "the DynamoDB lease store is not built yet; use kind = \"local\"",
-        );
+        problems.push(NotYet {
+            at: "store.kind".to_string(),
+            key: "kind",
+            value: quote("dynamodb"),
+            why: "the DynamoDB lease store is not built yet; use kind = \"local\"",
+        });
     }
     if let Some(server) = &config.server {
-        unsupported(
-            "server".to_string(),
-            "[server] listen",
-            quote(&server.listen.to_string()),
-            "the metrics and health server is not built yet; remove [server]",
-        );
+        problems.push(NotYet {
+            at: "server".to_string(),
+            key: "[server] listen",
+            value: quote(&server.listen.to_string()),
+            why: "the metrics and health server is not built yet; remove [server]",
+        });
     }
+    let mut problems: Vec<Problem> = problems.into_iter().map(|n| n.problem("")).collect();
 
     let names: Vec<Option<&str>> = config
         .mappings
@@ -40,42 +61,52 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
         .map(|m| Some(m.name.as_str()))
         .collect();
     for (m, path) in config.mappings.iter().zip(mapping_paths(&names)) {
-        let at = |key: &str| format!("{path}.{key}");
-        if m.event_source.consumer.is_some() {
-            unsupported(
-                at("event_source_arn"),
-                "event_source_arn",
-                quote(&m.event_source.arn),
-                "enhanced fan-out is not built yet; use the stream ARN",
-            );
-        }
-        if !m.tumbling_window.is_zero() {
-            unsupported(
-                at("tumbling_window_in_seconds"),
-                "tumbling_window_in_seconds",
-                m.tumbling_window.as_secs().to_string(),
-                "tumbling windows are not built yet",
-            );
-        }
-        if !m.filter_criteria.is_empty() {
-            let shown: Vec<String> = m.filter_criteria.iter().map(|p| format!("'{p}'")).collect();
-            unsupported(
-                at("filter_criteria"),
-                "filter_criteria",
-                format!("[{}]", shown.join(", ")),
-                "event filtering is not built yet",
-            );
-        }
-        if let Some(destination) = &m.on_failure_destination {
-            if destination.kind == DestinationKind::S3 {
-                unsupported(
-                    at("destination_config.on_failure.destination"),
-                    "destination",
-                    quote(&destination.arn),
-                    "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
-                );
-            }
-        }
+        problems.extend(m.not_supported_yet().into_iter().map(|n| n.problem(&path)));
     }
     problems
+}
+
+/// `event_source_arn`: a consumer ARN reads with enhanced fan-out.
+pub(crate) fn fan_out(key: &'static str, arn: &EventSourceArn) -> Option<NotYet> {
+    arn.consumer.as_ref().map(|_| NotYet {
+        at: key.to_string(),
+        key,
+        value: quote(&arn.arn),
+        why: "enhanced fan-out is not built yet; use the stream ARN",
+    })
+}
+
+/// `destination_config`: an S3 bucket as the on-failure destination.
+pub(crate) fn s3_destination(
+    key: &'static str,
+    destination: &Option<DestinationArn>,
+) -> Option<NotYet> {
+    let destination = destination.as_ref()?;
+    (destination.kind == DestinationKind::S3).then(|| NotYet {
+        at: format!("{key}.on_failure.destination"),
+        key: "destination",
+        value: quote(&destination.arn),
+        why: "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
+    })
+}
+
+/// `tumbling_window_in_seconds`: a window other than zero.
+pub(crate) fn tumbling_windows(key: &'static str, window: &std::time::Duration) -> Option<NotYet> {
+    (!window.is_zero()).then(|| NotYet {
+        at: key.to_string(),
+        key,
+        value: window.as_secs().to_string(),
+        why: "tumbling windows are not built yet",
+    })
+}
+
+/// `filter_criteria`: any filter pattern.
+pub(crate) fn event_filtering(key: &'static str, patterns: &[serde_json::Value]) -> Option<NotYet> {
+    let shown: Vec<String> = patterns.iter().map(|p| format!("'{p}'")).collect();
+    (!patterns.is_empty()).then(|| NotYet {
+        at: key.to_string(),
+        key,
+        value: format!("[{}]", shown.join(", ")),
+        why: "event filtering is not built yet",
+    })
 }
