@@ -36,7 +36,7 @@ use super::mapping::{
     no_arn, no_function, read_destination, read_event_source, read_filter_criteria, read_function,
     read_name, read_response_types, read_starting_position, STARTING_POSITION_TIMESTAMP,
 };
-use super::support::{event_filtering, fan_out, s3_destination, tumbling_windows, NotYet};
+use super::support::{fan_out, s3_destination, NotYet};
 use super::walk::{Reader, Sink};
 use super::FunctionConfig;
 use crate::core::checkpoint::StartAt;
@@ -167,7 +167,7 @@ mapping_keys! {
     /// `parallelization_factor` above 1.
     tumbling_window: Duration {
         key: "tumbling_window_in_seconds", read: seconds(0..=900), default: Duration::ZERO,
-        check: one_lane_for_windows, unsupported: tumbling_windows,
+        check: one_lane_for_windows,
     }
     /// Whether KPL-aggregated records are split into their user records.
     deaggregate: bool {
@@ -176,7 +176,6 @@ mapping_keys! {
     /// Filter patterns, OR'd: up to 5 (Lambda's limit) strings, each a JSON object.
     filter_criteria: Vec<serde_json::Value> {
         key: "filter_criteria", read: read_filter_criteria, default: Vec::new(),
-        unsupported: event_filtering,
     }
     /// Where batches that ran out of retries or age go
     /// (`[mapping.destination_config.on_failure] destination`).

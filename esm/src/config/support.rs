@@ -89,24 +89,3 @@ pub(crate) fn s3_destination(
         why: "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
     })
 }
-
-/// `tumbling_window_in_seconds`: a window other than zero.
-pub(crate) fn tumbling_windows(key: &'static str, window: &std::time::Duration) -> Option<NotYet> {
-    (!window.is_zero()).then(|| NotYet {
-        at: key.to_string(),
-        key,
-        value: window.as_secs().to_string(),
-        why: "tumbling windows are not built yet",
-    })
-}
-
-/// `filter_criteria`: any filter pattern.
-pub(crate) fn event_filtering(key: &'static str, patterns: &[serde_json::Value]) -> Option<NotYet> {
-    let shown: Vec<String> = patterns.iter().map(|p| format!("'{p}'")).collect();
-    (!patterns.is_empty()).then(|| NotYet {
-        at: key.to_string(),
-        key,
-        value: format!("[{}]", shown.join(", ")),
-        why: "event filtering is not built yet",
-    })
-}
