@@ -1,39 +1,32 @@
 //! The `[[mapping]]` keys, each declared once.
 //!
-//! Why: a key used to be written in six places (the list of allowed keys, the
-//! reader, the stand-in defaults, the `MappingConfig` field, the "not supported
-//! yet" check and the runner), and they drifted apart. Now a key is one entry in
-//! the [`mapping_keys!`] table below: its field and type, its TOML name, how it
-//! is read (a kind with its range, or a custom reader for keys with special
-//! rules), its default, and the checks that involve it. From the table the macro
-//! writes [`MappingConfig`] (a plain struct, each field documented with its key,
-//! kind and default), the list of keys a mapping may have, the reader and the
-//! stand-in defaults; `check_supported` walks the same entries.
-//!
-//! An entry reads:
+//! Why: a key used to be written in six places (the allowed keys, the reader,
+//! the stand-in defaults, the `MappingConfig` field, the "not supported yet"
+//! check, the runner), which drifted apart. Now it is one entry in the table
+//! below, from which [`mapping_keys!`] writes [`MappingConfig`] (each field's doc
+//! gains its key, kind and default), the allowed keys, the reader, the defaults
+//! and the "not supported yet" list. An entry, with its optional parts in `[]`:
 //!
 //! ```text
 //! /// What it means, and Lambda's rule.
-//! field: Type {
-//!     key: "toml_key",
-//!     required: true,                // optional: "KEY: required" when absent
-//!     also: OTHER_KEY,               // optional: a further key its reader reads
-//!     read: kind(ARGS),              // fn(reader, sink, key, ARGS) -> Option<Type>
-//!     default: EXPR,                 // when absent or wrong (for a required key, a stand-in)
-//!     check: fn_name,                // optional: fn(reader, sink, key, &MappingConfig), after all keys
-//!     unsupported: fn_name,          // optional: fn(key, &Type) -> Option<NotYet>, see support.rs
-//! }
+//! field: Type { key: "toml_key", [required: true,] [also: OTHER_KEY_READ_WITH_IT,]
+//!     read: int_in(1..=10) (a `Reader` method: bool, int_in, seconds_in, ...) | custom(f),
+//!     default: 1 (when absent or wrong; for a required key, a stand-in),
+//!     [check: f(r, sink, key, &MappingConfig), run after every key is read,]
+//!     [unsupported: g(key, &value) -> Option<NotYet> (support.rs)] }
 //! ```
 //!
-//! Entries are read in table order, which is also the order of problems that
-//! share a position (the `required` ones), so keep `name` first.
+//! A custom reader `f(r, sink, key) -> Option<Type>` keeps a key's special rules
+//! (`read_function`, `read_starting_position`, ... in `mapping.rs`).
+//!
+//! Keys are read in table order, which orders problems that share a position
+//! (the `required` ones).
 
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use super::arn::{DestinationArn, EventSourceArn};
 use super::mapping::{
-    no_arn, no_function, read_destination, read_event_source, read_filter_criteria, read_function,
+    no_function, read_destination, read_event_source, read_filter_criteria, read_function,
     read_name, read_response_types, read_starting_position, STARTING_POSITION_TIMESTAMP,
 };
 use super::support::{fan_out, s3_destination, NotYet};
@@ -41,13 +34,26 @@ use super::walk::{Reader, Sink};
 use super::FunctionConfig;
 use crate::core::checkpoint::StartAt;
 
+/// Reads a key as its field's type, `None` when absent or wrong: `custom(f)` calls
+/// `f(r, sink, key)`, any other kind is the `Reader` method of that name.
+macro_rules! read_key {
+    ($r:ident, $sink:ident, $key:literal, custom($read:ident)) => {
+        $read($r, $sink, $key)
+    };
+    ($r:ident, $sink:ident, $key:literal, $method:ident $(($($arg:tt)*))?) => {
+        $r.$method($sink, $key $(, $($arg)*)?)
+    };
+}
+
 /// The doc line the table adds to each field: its key, how it is read, its default.
 macro_rules! key_doc {
-    (true; $key:literal, $read:ident, ($($arg:expr),*), $default:expr) => {
-        concat!("`", $key, "`: required, read by `", stringify!($read), "`.")
+    (true; $key:literal, $read:ident $(($($arg:tt)*))?, $default:expr) => {
+        concat!("`", $key, "`: required, read by `", stringify!($read),
+            $("(", stringify!($($arg)*), ")",)? "`.")
     };
-    (; $key:literal, $read:ident, ($($arg:expr),*), $default:expr) => {
-        concat!("`", $key, "`: ", stringify!($read $($arg),*), ", default `", stringify!($default), "`.")
+    (; $key:literal, $read:ident $(($($arg:tt)*))?, $default:expr) => {
+        concat!("`", $key, "`: read by `", stringify!($read),
+            $("(", stringify!($($arg)*), ")",)? "`, default `", stringify!($default), "`.")
     };
 }
 
@@ -59,7 +65,7 @@ macro_rules! mapping_keys {
             key: $key:literal,
             $(required: $required:tt,)?
             $(also: $also:expr,)?
-            read: $read:ident $(($($arg:expr),*))?,
+            read: $read:ident $(($($arg:tt)*))?,
             default: $default:expr
             $(, check: $check:ident)?
             $(, unsupported: $unsupported:ident)?
@@ -71,7 +77,7 @@ macro_rules! mapping_keys {
         pub struct MappingConfig {$(
             $(#[doc = $doc])+
             #[doc = ""]
-            #[doc = key_doc!($($required)?; $key, $read, ($($($arg),*)?), $default)]
+            #[doc = key_doc!($($required)?; $key, $read $(($($arg)*))?, $default)]
             pub $field: $ty,
         )*}
 
@@ -90,10 +96,10 @@ macro_rules! mapping_keys {
             pub(crate) fn read(r: &Reader<'_>, sink: &mut Sink) -> Self {
                 let m = MappingConfig {$(
                     $field: {
-                        if false $(|| $required)? {
+                        $(if $required {
                             r.require(sink, $key);
-                        }
-                        $read(r, sink, $key $($(, $arg)*)?).unwrap_or_else(|| $default)
+                        })?
+                        read_key!(r, sink, $key, $read $(($($arg)*))?).unwrap_or_else(|| $default)
                     },
                 )*};
                 $($($check(r, sink, $key, &m);)?)*
@@ -112,89 +118,61 @@ macro_rules! mapping_keys {
 
 mapping_keys! {
     /// Unique name used in metrics, logs and status: 1 to 64 of `[A-Za-z0-9_.-]`.
-    name: String {
-        key: "name", required: true, read: read_name, default: String::new(),
-    }
+    name: String { key: "name", required: true, read: custom(read_name), default: String::new() }
     /// The stream to read, or an enhanced fan-out consumer of it.
-    event_source: EventSourceArn {
-        key: "event_source_arn", required: true, read: read_event_source, default: no_arn(),
-        unsupported: fan_out,
-    }
+    event_source: EventSourceArn { key: "event_source_arn", required: true,
+        read: custom(read_event_source), default: EventSourceArn::default(), unsupported: fan_out }
     /// What to invoke: an in-process handler's name, or a `[mapping.function]` table.
-    function: FunctionConfig {
-        key: "function", required: true, read: read_function, default: no_function(),
-    }
+    function: FunctionConfig { key: "function", required: true,
+        read: custom(read_function), default: no_function() }
     /// Whether the mapping runs.
-    enabled: bool {
-        key: "enabled", read: boolean, default: true,
-    }
+    enabled: bool { key: "enabled", read: bool, default: true }
     /// Where a shard with no checkpoint starts (required, as in Lambda): `TRIM_HORIZON`,
     /// `LATEST`, or `AT_TIMESTAMP` with `starting_position_timestamp`.
-    starting_position: StartAt {
-        key: "starting_position", required: true, also: STARTING_POSITION_TIMESTAMP,
-        read: read_starting_position, default: StartAt::TrimHorizon,
-    }
+    starting_position: StartAt { key: "starting_position", required: true,
+        also: STARTING_POSITION_TIMESTAMP, read: custom(read_starting_position),
+        default: StartAt::TrimHorizon }
     /// Most records per invocation.
-    batch_size: usize {
-        key: "batch_size", read: int(1..=10_000), default: 100,
-    }
+    batch_size: usize { key: "batch_size", read: int_in(1..=10_000), default: 100 }
     /// How long to gather records before invoking.
-    maximum_batching_window: Duration {
-        key: "maximum_batching_window_in_seconds", read: seconds(0..=300), default: Duration::ZERO,
-    }
+    maximum_batching_window: Duration { key: "maximum_batching_window_in_seconds",
+        read: seconds_in(0..=300), default: Duration::ZERO }
     /// Concurrent batches per shard.
-    parallelization_factor: u8 {
-        key: "parallelization_factor", read: int(1..=10), default: 1,
-    }
+    parallelization_factor: u8 { key: "parallelization_factor", read: int_in(1..=10), default: 1 }
     /// Retries of a failed batch; `None` (-1) retries until the records expire.
-    maximum_retry_attempts: Option<u32> {
-        key: "maximum_retry_attempts", read: int_or_unlimited(0..=10_000), default: None,
-    }
+    maximum_retry_attempts: Option<u32> { key: "maximum_retry_attempts",
+        read: int_or_unlimited(0..=10_000), default: None }
     /// Oldest record age invoked; `None` (-1) means no limit.
-    maximum_record_age: Option<Duration> {
-        key: "maximum_record_age_in_seconds", read: seconds_or_unlimited(60..=604_800),
-        default: None,
-    }
+    maximum_record_age: Option<Duration> { key: "maximum_record_age_in_seconds",
+        read: seconds_or_unlimited(60..=604_800), default: None }
     /// Split a failed batch in two and retry each half.
-    bisect_batch_on_function_error: bool {
-        key: "bisect_batch_on_function_error", read: boolean, default: false,
-    }
+    bisect_batch_on_function_error: bool { key: "bisect_batch_on_function_error",
+        read: bool, default: false }
     /// Whether `function_response_types` is `["ReportBatchItemFailures"]`.
-    report_batch_item_failures: bool {
-        key: "function_response_types", read: read_response_types, default: false,
-    }
+    report_batch_item_failures: bool { key: "function_response_types",
+        read: custom(read_response_types), default: false }
     /// Tumbling window length (zero: none); Lambda allows none with a
     /// `parallelization_factor` above 1.
-    tumbling_window: Duration {
-        key: "tumbling_window_in_seconds", read: seconds(0..=900), default: Duration::ZERO,
-        check: one_lane_for_windows,
-    }
+    tumbling_window: Duration { key: "tumbling_window_in_seconds",
+        read: seconds_in(0..=900), default: Duration::ZERO, check: one_lane_for_windows }
     /// Whether KPL-aggregated records are split into their user records.
-    deaggregate: bool {
-        key: "deaggregate", read: boolean, default: true,
-    }
+    deaggregate: bool { key: "deaggregate", read: bool, default: true }
     /// Filter patterns, OR'd: up to 5 (Lambda's limit) strings, each a JSON object.
-    filter_criteria: Vec<serde_json::Value> {
-        key: "filter_criteria", read: read_filter_criteria, default: Vec::new(),
-    }
+    filter_criteria: Vec<serde_json::Value> { key: "filter_criteria",
+        read: custom(read_filter_criteria), default: Vec::new() }
     /// Where batches that ran out of retries or age go
     /// (`[mapping.destination_config.on_failure] destination`).
-    on_failure_destination: Option<DestinationArn> {
-        key: "destination_config", read: read_destination, default: None,
-        unsupported: s3_destination,
-    }
+    on_failure_destination: Option<DestinationArn> { key: "destination_config",
+        read: custom(read_destination), default: None, unsupported: s3_destination }
     /// esm extension: the GetRecords calls per second each shard's reader may
     /// make, above 0 and at most 5. Kinesis allows 5 calls/s per shard, shared by
     /// every consumer of the stream, so lower this when other applications read it.
-    get_records_calls_per_second: f64 {
-        key: "get_records_calls_per_second", read: number_up_to(5.0), default: 5.0,
-    }
+    get_records_calls_per_second: f64 { key: "get_records_calls_per_second",
+        read: positive_number_up_to(5.0), default: 5.0 }
     /// esm extension: how often the stream's shard list is re-read to find new
     /// shards after a reshard.
-    shard_discovery_interval: Duration {
-        key: "shard_discovery_interval_seconds", read: seconds(1..=3600),
-        default: Duration::from_secs(10),
-    }
+    shard_discovery_interval: Duration { key: "shard_discovery_interval_seconds",
+        read: seconds_in(1..=3600), default: Duration::from_secs(10) }
 }
 
 /// Lambda's rule: a tumbling window is not allowed with `parallelization_factor` above 1.
@@ -210,58 +188,4 @@ fn one_lane_for_windows(r: &Reader<'_>, sink: &mut Sink, key: &str, m: &MappingC
             ),
         );
     }
-}
-
-// The kinds of key: each reads `key`, records any problem, and returns `None`
-// when the key is absent or wrong.
-
-/// A boolean.
-fn boolean(r: &Reader<'_>, sink: &mut Sink, key: &str) -> Option<bool> {
-    r.bool(sink, key)
-}
-
-/// An integer in `range`, as the field's integer type.
-fn int<T: TryFrom<i64>>(
-    r: &Reader<'_>,
-    sink: &mut Sink,
-    key: &str,
-    range: RangeInclusive<i64>,
-) -> Option<T> {
-    r.int_in(sink, key, range).and_then(|i| T::try_from(i).ok())
-}
-
-/// Whole seconds in `range`.
-fn seconds(
-    r: &Reader<'_>,
-    sink: &mut Sink,
-    key: &str,
-    range: RangeInclusive<i64>,
-) -> Option<Duration> {
-    int(r, sink, key, range).map(Duration::from_secs)
-}
-
-/// -1 (`Some(None)`: no limit) or an integer in `range`.
-fn int_or_unlimited<T: TryFrom<i64>>(
-    r: &Reader<'_>,
-    sink: &mut Sink,
-    key: &str,
-    range: RangeInclusive<i64>,
-) -> Option<Option<T>> {
-    r.int_or_unlimited(sink, key, range)
-        .map(|i| i.and_then(|i| T::try_from(i).ok()))
-}
-
-/// -1 (`Some(None)`: no limit) or whole seconds in `range`.
-fn seconds_or_unlimited(
-    r: &Reader<'_>,
-    sink: &mut Sink,
-    key: &str,
-    range: RangeInclusive<i64>,
-) -> Option<Option<Duration>> {
-    int_or_unlimited(r, sink, key, range).map(|s| s.map(Duration::from_secs))
-}
-
-/// A number (integer or float) above 0 and at most `max`.
-fn number_up_to(r: &Reader<'_>, sink: &mut Sink, key: &str, max: f64) -> Option<f64> {
-    r.positive_number_up_to(sink, key, max)
 }

@@ -152,29 +152,12 @@ pub(crate) fn read_mappings(root: &Reader<'_>, sink: &mut Sink) -> Vec<MappingCo
     mappings
 }
 
-/// An empty ARN, standing in for a missing or wrong `event_source_arn`.
-pub(crate) fn no_arn() -> EventSourceArn {
-    EventSourceArn {
-        arn: String::new(),
-        partition: String::new(),
-        region: String::new(),
-        account: String::new(),
-        stream_name: String::new(),
-        consumer: None,
-    }
-}
-
 /// An unnamed handler, standing in for a missing or wrong `function`.
 pub(crate) fn no_function() -> FunctionConfig {
     FunctionConfig::InProcess {
         name: String::new(),
         timeout: DEFAULT_FUNCTION_TIMEOUT,
     }
-}
-
-/// Whole seconds from a value already checked to be in a non-negative range.
-fn seconds(i: i64) -> Duration {
-    Duration::from_secs(u64::try_from(i).unwrap_or(0))
 }
 
 /// Reads `name`; an invalid one is a problem but is kept, to show in others.
@@ -231,8 +214,7 @@ pub(crate) fn read_function(r: &Reader<'_>, sink: &mut Sink, key: &str) -> Optio
             let command = read_command(&f, sink);
             let concurrency = f.int_in(sink, "concurrency", 1..=1000);
             let timeout = f
-                .int_in(sink, "timeout_seconds", 1..=900)
-                .map(seconds)
+                .seconds_in(sink, "timeout_seconds", 1..=900)
                 .unwrap_or(DEFAULT_FUNCTION_TIMEOUT);
             let memory_size = f.int_in(sink, "memory_size", 128..=10_240);
             let handler = f.non_empty_string(sink, "handler");
@@ -263,11 +245,9 @@ pub(crate) fn read_function(r: &Reader<'_>, sink: &mut Sink, key: &str) -> Optio
                 (false, true) => command.map(|command| FunctionConfig::Command {
                     handler: handler.map_or_else(|| command[0].clone(), str::to_string),
                     command,
-                    concurrency: concurrency.and_then(|c| u32::try_from(c).ok()).unwrap_or(1),
+                    concurrency: concurrency.unwrap_or(1),
                     timeout,
-                    memory_size: memory_size
-                        .and_then(|m| u32::try_from(m).ok())
-                        .unwrap_or(DEFAULT_MEMORY_SIZE),
+                    memory_size: memory_size.unwrap_or(DEFAULT_MEMORY_SIZE),
                     environment,
                 }),
             }

@@ -61,7 +61,7 @@ const ROOT_KEYS: &[&str] = &[
 ];
 
 /// `max_buffered_mb` when the file gives none: 1 GiB.
-const DEFAULT_MAX_BUFFERED_MB: i64 = 1024;
+const DEFAULT_MAX_BUFFERED_MB: usize = 1024;
 
 /// Bytes in one MiB, the unit of `max_buffered_mb`.
 const MIB: usize = 1024 * 1024;
@@ -224,16 +224,12 @@ fn read_config(table: &Table, base_dir: &Path, sink: &mut Sink) -> Config {
     let root = Reader::new(table, "", "", ROOT_KEYS);
     root.check_unknown(sink);
     let shutdown_timeout = root
-        .int_in(sink, "shutdown_timeout_seconds", 0..=3600)
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(Duration::from_secs(30), Duration::from_secs);
+        .seconds_in(sink, "shutdown_timeout_seconds", 0..=3600)
+        .unwrap_or(Duration::from_secs(30));
     let max_buffered_mb = root
         .int_in(sink, "max_buffered_mb", 16..=1_048_576)
         .unwrap_or(DEFAULT_MAX_BUFFERED_MB);
-    let max_buffered_bytes = usize::try_from(max_buffered_mb)
-        .ok()
-        .and_then(|mb| mb.checked_mul(MIB))
-        .unwrap_or(usize::MAX);
+    let max_buffered_bytes = max_buffered_mb.saturating_mul(MIB);
     let store = read_store(&root, base_dir, sink);
     let server = root.table(sink, "server", SERVER_KEYS).map(|server| {
         server.check_unknown(sink);

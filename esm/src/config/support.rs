@@ -1,44 +1,39 @@
 //! Settings that are valid but not built yet. Each is rejected, rather than
 //! silently ignored, so a config never means something esm does not do.
 //! A `[[mapping]]` key names its check in its declaration (`keys.rs`,
-//! `unsupported:`); delete the check, and that line, when its feature lands.
+//! `unsupported:`); delete both when the feature lands.
 
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
 use super::walk::child_path;
 use super::{Config, DestinationArn, DestinationKind, EventSourceArn, StoreConfig};
 
-/// A setting that is valid but not built yet.
+/// A setting that is valid but not built yet: shown at `at` (under its
+/// mapping, if any) as `not supported yet: KEY = VALUE (WHY)`.
 pub(crate) struct NotYet {
-    /// Where it is, under its mapping (or at the root).
     at: String,
-    /// The key as shown in the message.
     key: &'static str,
-    /// The value as shown in the message (strings quoted).
     value: String,
-    /// Why not, and what to do instead.
     why: &'static str,
 }
 
 impl NotYet {
-    /// `PARENT.AT: not supported yet: KEY = VALUE (WHY)`.
+    /// The problem, at `at` under `parent`.
     fn problem(self, parent: &str) -> Problem {
-        Problem::new(
-            child_path(parent, &self.at),
-            format!(
-                "not supported yet: {} = {} ({})",
-                self.key, self.value, self.why
-            ),
-        )
+        let message = format!(
+            "not supported yet: {} = {} ({})",
+            self.key, self.value, self.why
+        );
+        Problem::new(child_path(parent, &self.at), message)
     }
 }
 
 /// Problems for every setting in `config` that esm does not support yet,
 /// as `PATH: not supported yet: KEY = VALUE (why)`.
 pub fn check_supported(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
+    let mut found = Vec::new();
     if let StoreConfig::DynamoDb { .. } = config.store {
-        problems.push(NotYet {
+        found.push(NotYet {
             at: "store.kind".to_string(),
             key: "kind",
             value: quote("dynamodb"),
@@ -46,15 +41,14 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
         });
     }
     if let Some(server) = &config.server {
-        problems.push(NotYet {
+        found.push(NotYet {
             at: "server".to_string(),
             key: "[server] listen",
             value: quote(&server.listen.to_string()),
             why: "the metrics and health server is not built yet; remove [server]",
         });
     }
-    let mut problems: Vec<Problem> = problems.into_iter().map(|n| n.problem("")).collect();
-
+    let mut problems: Vec<Problem> = found.into_iter().map(|n| n.problem("")).collect();
     let names: Vec<Option<&str>> = config
         .mappings
         .iter()
@@ -77,10 +71,7 @@ pub(crate) fn fan_out(key: &'static str, arn: &EventSourceArn) -> Option<NotYet>
 }
 
 /// `destination_config`: an S3 bucket as the on-failure destination.
-pub(crate) fn s3_destination(
-    key: &'static str,
-    destination: &Option<DestinationArn>,
-) -> Option<NotYet> {
+pub(crate) fn s3_destination(key: &str, destination: &Option<DestinationArn>) -> Option<NotYet> {
     let destination = destination.as_ref()?;
     (destination.kind == DestinationKind::S3).then(|| NotYet {
         at: format!("{key}.on_failure.destination"),
