@@ -4,23 +4,22 @@
 //! the stand-in defaults, the `MappingConfig` field, the "not supported yet"
 //! check, the runner), which drifted apart. Now it is one entry in the table
 //! below, from which [`mapping_keys!`] writes [`MappingConfig`] (each field's doc
-//! gains its key, kind and default), the allowed keys, the reader, the defaults
-//! and the "not supported yet" list. An entry, with its optional parts in `[]`:
+//! gains its key, how it is read and its default), the allowed keys, the reader,
+//! the defaults and the "not supported yet" list. An entry (`[optional]`):
 //!
 //! ```text
 //! /// What it means, and Lambda's rule.
-//! field: Type { key: "toml_key", [required: true,] [also: OTHER_KEY_READ_WITH_IT,]
-//!     read: int_in(1..=10) (a `Reader` method: bool, int_in, seconds_in, ...) | custom(f),
-//!     default: 1 (when absent or wrong; for a required key, a stand-in),
-//!     [check: f(r, sink, key, &MappingConfig), run after every key is read,]
-//!     [unsupported: g(key, &value) -> Option<NotYet> (support.rs)] }
+//! field: Type { key: "toml_key", [required: true,] [also: OTHER_KEY,]
+//!     read: int_in(1..=10),   // a Reader method (bool, int_in, seconds_in, ...), or
+//!                             // custom(f): f(r, sink, key) -> Option<Type> in mapping.rs
+//!     default: 1,             // when absent or wrong (for a required key, a stand-in)
+//!     [check: f,]             // f(r, sink, key, &MappingConfig), after every key is read
+//!     [unsupported: g,] }     // g(key, &value) -> Option<NotYet>, in support.rs
 //! ```
 //!
-//! A custom reader `f(r, sink, key) -> Option<Type>` keeps a key's special rules
-//! (`read_function`, `read_starting_position`, ... in `mapping.rs`).
-//!
-//! Keys are read in table order, which orders problems that share a position
-//! (the `required` ones).
+//! `also` names a further key that the custom reader reads with this one. Keys
+//! are read in table order, which orders problems that share a position (the
+//! `required` ones).
 
 use std::time::Duration;
 
