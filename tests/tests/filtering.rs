@@ -18,14 +18,20 @@ async fn only_matching_records_are_invoked_and_the_checkpoint_passes_the_rest() 
     // to reach the end.
     let entries = (0..RECORDS)
         .map(|n| {
-            let kind = if n % 3 == 0 && n < RECORDS - 10 { "order" } else { "click" };
+            let kind = if n % 3 == 0 && n < RECORDS - 10 {
+                "order"
+            } else {
+                "click"
+            };
             let data = format!(r#"{{"n":{n},"kind":"{kind}","amount":{}}}"#, n % 100);
             (format!("key-{}", n % 16), data.into_bytes())
         })
         .collect();
     let put = put_entries(&client, &stream, entries).await;
     assert_eq!(put.len(), RECORDS);
-    let matching = (0..RECORDS).filter(|n| n % 3 == 0 && *n < RECORDS - 10).count();
+    let matching = (0..RECORDS)
+        .filter(|n| n % 3 == 0 && *n < RECORDS - 10)
+        .count();
 
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(
@@ -54,7 +60,11 @@ async fn only_matching_records_are_invoked_and_the_checkpoint_passes_the_rest() 
 
     // Exactly the orders, each once, and nothing else.
     let seen: BTreeSet<&str> = seqs(&batches).collect();
-    assert_eq!(count_records(&batches), matching, "records invoked more than once");
+    assert_eq!(
+        count_records(&batches),
+        matching,
+        "records invoked more than once"
+    );
     assert_eq!(seen.len(), matching);
     for batch in &batches {
         for record in &batch.records {

@@ -17,8 +17,9 @@ const DESTINATION_SHAPES: &str = "arn:PARTITION:sqs:REGION:ACCOUNT:QUEUE, \
 
 /// A mapping's `event_source_arn`: a Kinesis stream ARN, read with shared
 /// throughput (GetRecords), or a stream consumer ARN, read with enhanced
-/// fan-out (SubscribeToShard).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// fan-out (SubscribeToShard). The default, all empty, only stands in for a
+/// missing or wrong one in a config with problems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventSourceArn {
     /// The ARN as written in the config.
     pub arn: String,

@@ -1,6 +1,7 @@
-//! Reading the `[[mapping]]` tables: event source mappings with Lambda's
-//! `CreateEventSourceMapping` parameter names (in snake_case), ranges and
-//! defaults, and the combinations Lambda rejects.
+//! Reading the `[[mapping]]` array, and the custom readers of the keys with
+//! special rules (declared in `keys.rs`): event source mappings with Lambda's
+//! `CreateEventSourceMapping` parameter names (in snake_case), and the
+//! combinations Lambda rejects.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -9,32 +10,14 @@ use chrono::{DateTime, Utc};
 use toml::Value;
 
 use super::arn::{DestinationArn, EventSourceArn};
+use super::keys::MAPPING_KEYS;
 use super::problems::quote;
 use super::walk::{child_anchor, describe, Reader, Sink};
-use super::{FunctionConfig, MappingConfig, StartingPosition};
+use super::{FunctionConfig, MappingConfig};
+use crate::core::checkpoint::StartAt;
 
-/// The keys a `[[mapping]]` table may have.
-const MAPPING_KEYS: &[&str] = &[
-    "name",
-    "event_source_arn",
-    "function",
-    "enabled",
-    "starting_position",
-    "starting_position_timestamp",
-    "batch_size",
-    "maximum_batching_window_in_seconds",
-    "parallelization_factor",
-    "maximum_retry_attempts",
-    "maximum_record_age_in_seconds",
-    "bisect_batch_on_function_error",
-    "function_response_types",
-    "tumbling_window_in_seconds",
-    "deaggregate",
-    "filter_criteria",
-    "destination_config",
-    "get_records_calls_per_second",
-    "shard_discovery_interval_seconds",
-];
+/// Read with `starting_position`: the time an `AT_TIMESTAMP` start is at.
+pub(crate) const STARTING_POSITION_TIMESTAMP: &str = "starting_position_timestamp";
 
 /// The keys a `[mapping.function]` table may have.
 const FUNCTION_KEYS: &[&str] = &[
@@ -84,9 +67,6 @@ const MAX_FILTERS: usize = 5;
 
 /// Lambda's default invocation timeout.
 const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// The default GetRecords call budget per shard: all of Kinesis' 5 calls/s.
-const DEFAULT_GET_RECORDS_CALLS_PER_SECOND: f64 = 5.0;
 
 /// Whether `name` is a valid mapping name: 1 to 64 of `[A-Za-z0-9_.-]`.
 pub(crate) fn is_valid_name(name: &str) -> bool {
@@ -147,7 +127,7 @@ pub(crate) fn read_mappings(root: &Reader<'_>, sink: &mut Sink) -> Vec<MappingCo
                 &paths[i],
                 format!("expected a table, found {}", describe(item)),
             );
-            mappings.push(placeholder());
+            mappings.push(MappingConfig::defaults());
             continue;
         };
         let reader = Reader::new(table, paths[i].clone(), anchor, MAPPING_KEYS);
@@ -166,174 +146,75 @@ pub(crate) fn read_mappings(root: &Reader<'_>, sink: &mut Sink) -> Vec<MappingCo
                 }
             }
         }
-        mappings.push(read_mapping(&reader, sink));
+        reader.check_unknown(sink);
+        mappings.push(MappingConfig::read(&reader, sink));
     }
     mappings
 }
 
-/// A mapping made of defaults, standing in for one that is not a table.
-fn placeholder() -> MappingConfig {
-    MappingConfig {
+/// An unnamed handler, standing in for a missing or wrong `function`.
+pub(crate) fn no_function() -> FunctionConfig {
+    FunctionConfig::InProcess {
         name: String::new(),
-        event_source: placeholder_arn(),
-        function: FunctionConfig::InProcess {
-            name: String::new(),
-            timeout: DEFAULT_FUNCTION_TIMEOUT,
-        },
-        enabled: true,
-        starting_position: StartingPosition::TrimHorizon,
-        batch_size: 100,
-        maximum_batching_window: Duration::ZERO,
-        parallelization_factor: 1,
-        maximum_retry_attempts: None,
-        maximum_record_age: None,
-        bisect_batch_on_function_error: false,
-        report_batch_item_failures: false,
-        tumbling_window: Duration::ZERO,
-        deaggregate: true,
-        filter_criteria: Vec::new(),
-        on_failure_destination: None,
-        get_records_calls_per_second: DEFAULT_GET_RECORDS_CALLS_PER_SECOND,
-        shard_discovery_interval: Duration::from_secs(10),
+        timeout: DEFAULT_FUNCTION_TIMEOUT,
     }
 }
 
-/// An empty ARN, standing in for a missing or wrong one.
-fn placeholder_arn() -> EventSourceArn {
-    EventSourceArn {
-        arn: String::new(),
-        partition: String::new(),
-        region: String::new(),
-        account: String::new(),
-        stream_name: String::new(),
-        consumer: None,
+/// Reads `name`; an invalid one is a problem but is kept, to show in others.
+pub(crate) fn read_name(r: &Reader<'_>, sink: &mut Sink, key: &str) -> Option<String> {
+    let name = r.string(sink, key)?;
+    if !is_valid_name(name) {
+        r.problem(
+            sink,
+            key,
+            format!(
+                "{} is not a valid name (1 to 64 characters of A-Z a-z 0-9 _ . -)",
+                quote(name)
+            ),
+        );
     }
+    Some(name.to_string())
 }
 
-/// Whole seconds from a value already checked to be in a non-negative range.
-fn seconds(i: i64) -> Duration {
-    Duration::from_secs(u64::try_from(i).unwrap_or(0))
-}
-
-/// Reads one `[[mapping]]` table.
-fn read_mapping(r: &Reader<'_>, sink: &mut Sink) -> MappingConfig {
-    let defaults = placeholder();
-    r.check_unknown(sink);
-
-    let mut name = String::new();
-    if r.require(sink, "name") {
-        if let Some(n) = r.string(sink, "name") {
-            if !is_valid_name(n) {
-                r.problem(
-                    sink,
-                    "name",
-                    format!(
-                        "{} is not a valid name (1 to 64 characters of A-Z a-z 0-9 _ . -)",
-                        quote(n)
-                    ),
-                );
-            }
-            name = n.to_string();
-        }
-    }
-
-    let mut event_source = None;
-    if r.require(sink, "event_source_arn") {
-        if let Some(s) = r.string(sink, "event_source_arn") {
-            match EventSourceArn::parse(s) {
-                Ok(arn) => event_source = Some(arn),
-                Err(why) => r.problem(
-                    sink,
-                    "event_source_arn",
-                    format!(
-                        "{} is not a Kinesis stream or consumer ARN: {why}",
-                        quote(s)
-                    ),
-                ),
-            }
-        }
-    }
-
-    let function = read_function(r, sink);
-    let starting_position = read_starting_position(r, sink);
-
-    let batch_size = r.int_in(sink, "batch_size", 1..=10_000);
-    let window = r.int_in(sink, "maximum_batching_window_in_seconds", 0..=300);
-    let parallelization = r.int_in(sink, "parallelization_factor", 1..=10);
-    let retries = r.int_or_unlimited(sink, "maximum_retry_attempts", 0..=10_000);
-    let record_age = r.int_or_unlimited(sink, "maximum_record_age_in_seconds", 60..=604_800);
-    let tumbling = r.int_in(sink, "tumbling_window_in_seconds", 0..=900);
-    let shard_discovery = r.int_in(sink, "shard_discovery_interval_seconds", 1..=3600);
-    let get_records = r.positive_number_up_to(sink, "get_records_calls_per_second", 5.0);
-
-    let mut tumbling_window = tumbling.map(seconds).unwrap_or(defaults.tumbling_window);
-    if let (Some(t), Some(p)) = (tumbling, parallelization) {
-        if t > 0 && p > 1 {
+/// Reads `event_source_arn`: a Kinesis stream or consumer ARN.
+pub(crate) fn read_event_source(
+    r: &Reader<'_>,
+    sink: &mut Sink,
+    key: &str,
+) -> Option<EventSourceArn> {
+    let arn = r.string(sink, key)?;
+    EventSourceArn::parse(arn)
+        .map_err(|why| {
             r.problem(
                 sink,
-                "tumbling_window_in_seconds",
-                format!("a tumbling window ({t}) is not allowed with parallelization_factor = {p}"),
-            );
-            tumbling_window = defaults.tumbling_window;
-        }
-    }
-
-    MappingConfig {
-        name,
-        event_source: event_source.unwrap_or(defaults.event_source),
-        function: function.unwrap_or(defaults.function),
-        enabled: r.bool(sink, "enabled").unwrap_or(defaults.enabled),
-        starting_position: starting_position.unwrap_or(defaults.starting_position),
-        batch_size: batch_size
-            .and_then(|b| usize::try_from(b).ok())
-            .unwrap_or(defaults.batch_size),
-        maximum_batching_window: window
-            .map(seconds)
-            .unwrap_or(defaults.maximum_batching_window),
-        parallelization_factor: parallelization
-            .and_then(|p| u8::try_from(p).ok())
-            .unwrap_or(defaults.parallelization_factor),
-        maximum_retry_attempts: retries.unwrap_or(None).and_then(|n| u32::try_from(n).ok()),
-        maximum_record_age: record_age.unwrap_or(None).map(seconds),
-        bisect_batch_on_function_error: r
-            .bool(sink, "bisect_batch_on_function_error")
-            .unwrap_or(defaults.bisect_batch_on_function_error),
-        report_batch_item_failures: read_response_types(r, sink),
-        tumbling_window,
-        deaggregate: r.bool(sink, "deaggregate").unwrap_or(defaults.deaggregate),
-        filter_criteria: read_filter_criteria(r, sink),
-        on_failure_destination: read_destination(r, sink),
-        get_records_calls_per_second: get_records.unwrap_or(defaults.get_records_calls_per_second),
-        shard_discovery_interval: shard_discovery
-            .map(seconds)
-            .unwrap_or(defaults.shard_discovery_interval),
-    }
+                key,
+                format!(
+                    "{} is not a Kinesis stream or consumer ARN: {why}",
+                    quote(arn)
+                ),
+            )
+        })
+        .ok()
 }
 
 /// Reads `function`: a handler name, or a `[mapping.function]` table.
-fn read_function(r: &Reader<'_>, sink: &mut Sink) -> Option<FunctionConfig> {
-    let key = "function";
-    match r.value(key) {
-        None => {
-            r.problem(sink, key, "required");
-            None
-        }
-        Some(Value::String(_)) => {
+pub(crate) fn read_function(r: &Reader<'_>, sink: &mut Sink, key: &str) -> Option<FunctionConfig> {
+    match r.value(key)? {
+        Value::String(_) => {
             let name = r.non_empty_string(sink, key)?;
             Some(FunctionConfig::InProcess {
                 name: name.to_string(),
                 timeout: DEFAULT_FUNCTION_TIMEOUT,
             })
         }
-        Some(Value::Table(_)) => {
+        Value::Table(_) => {
             let f = r.table(sink, key, FUNCTION_KEYS)?;
             f.check_unknown(sink);
             let name = f.non_empty_string(sink, "name");
             let command = read_command(&f, sink);
             let concurrency = f.int_in(sink, "concurrency", 1..=1000);
             let timeout = f
-                .int_in(sink, "timeout_seconds", 1..=900)
-                .map(seconds)
+                .seconds_in(sink, "timeout_seconds", 1..=900)
                 .unwrap_or(DEFAULT_FUNCTION_TIMEOUT);
             let memory_size = f.int_in(sink, "memory_size", 128..=10_240);
             let handler = f.non_empty_string(sink, "handler");
@@ -364,16 +245,14 @@ fn read_function(r: &Reader<'_>, sink: &mut Sink) -> Option<FunctionConfig> {
                 (false, true) => command.map(|command| FunctionConfig::Command {
                     handler: handler.map_or_else(|| command[0].clone(), str::to_string),
                     command,
-                    concurrency: concurrency.and_then(|c| u32::try_from(c).ok()).unwrap_or(1),
+                    concurrency: concurrency.unwrap_or(1),
                     timeout,
-                    memory_size: memory_size
-                        .and_then(|m| u32::try_from(m).ok())
-                        .unwrap_or(DEFAULT_MEMORY_SIZE),
+                    memory_size: memory_size.unwrap_or(DEFAULT_MEMORY_SIZE),
                     environment,
                 }),
             }
         }
-        Some(other) => {
+        other => {
             r.wrong_type(
                 sink,
                 key,
@@ -490,14 +369,14 @@ fn item_problem(r: &Reader<'_>, sink: &mut Sink, key: &str, i: usize, message: S
 }
 
 /// Reads `starting_position` and `starting_position_timestamp` together.
-fn read_starting_position(r: &Reader<'_>, sink: &mut Sink) -> Option<StartingPosition> {
-    let ts_key = "starting_position_timestamp";
+pub(crate) fn read_starting_position(
+    r: &Reader<'_>,
+    sink: &mut Sink,
+    key: &str,
+) -> Option<StartAt> {
+    let ts_key = STARTING_POSITION_TIMESTAMP;
     let timestamp = read_timestamp(r, sink);
-    if !r.require(sink, "starting_position") {
-        return None;
-    }
-    let position = r.one_of(sink, "starting_position", STARTING_POSITIONS)?;
-    match position {
+    match r.one_of(sink, key, STARTING_POSITIONS)? {
         "AT_TIMESTAMP" => {
             if !r.has(ts_key) {
                 r.problem(
@@ -506,7 +385,7 @@ fn read_starting_position(r: &Reader<'_>, sink: &mut Sink) -> Option<StartingPos
                     "required with starting_position = \"AT_TIMESTAMP\"",
                 );
             }
-            timestamp.map(StartingPosition::AtTimestamp)
+            timestamp.map(StartAt::AtTimestamp)
         }
         other => {
             if r.has(ts_key) {
@@ -520,9 +399,9 @@ fn read_starting_position(r: &Reader<'_>, sink: &mut Sink) -> Option<StartingPos
                 );
             }
             Some(if other == "LATEST" {
-                StartingPosition::Latest
+                StartAt::Latest
             } else {
-                StartingPosition::TrimHorizon
+                StartAt::TrimHorizon
             })
         }
     }
@@ -531,7 +410,7 @@ fn read_starting_position(r: &Reader<'_>, sink: &mut Sink) -> Option<StartingPos
 /// Reads `starting_position_timestamp`: an RFC 3339 string or a TOML
 /// offset date-time.
 fn read_timestamp(r: &Reader<'_>, sink: &mut Sink) -> Option<DateTime<Utc>> {
-    let key = "starting_position_timestamp";
+    let key = STARTING_POSITION_TIMESTAMP;
     let example = "e.g. 2026-11-22T00:00:00Z";
     let text = match r.value(key)? {
         Value::String(s) => s.clone(),
@@ -565,11 +444,8 @@ fn read_timestamp(r: &Reader<'_>, sink: &mut Sink) -> Option<DateTime<Utc>> {
 }
 
 /// Reads `function_response_types`; returns whether `ReportBatchItemFailures` is on.
-fn read_response_types(r: &Reader<'_>, sink: &mut Sink) -> bool {
-    let key = "function_response_types";
-    let Some(items) = r.array(sink, key) else {
-        return false;
-    };
+pub(crate) fn read_response_types(r: &Reader<'_>, sink: &mut Sink, key: &str) -> Option<bool> {
+    let items = r.array(sink, key)?;
     let mut report = false;
     for (i, item) in items.iter().enumerate() {
         match item {
@@ -586,15 +462,16 @@ fn read_response_types(r: &Reader<'_>, sink: &mut Sink) -> bool {
             ),
         }
     }
-    report
+    Some(report)
 }
 
 /// Reads `filter_criteria`: up to five strings, each a JSON object (a filter pattern).
-fn read_filter_criteria(r: &Reader<'_>, sink: &mut Sink) -> Vec<serde_json::Value> {
-    let key = "filter_criteria";
-    let Some(items) = r.array(sink, key) else {
-        return Vec::new();
-    };
+pub(crate) fn read_filter_criteria(
+    r: &Reader<'_>,
+    sink: &mut Sink,
+    key: &str,
+) -> Option<Vec<serde_json::Value>> {
+    let items = r.array(sink, key)?;
     if items.len() > MAX_FILTERS {
         r.problem(
             sink,
@@ -632,12 +509,17 @@ fn read_filter_criteria(r: &Reader<'_>, sink: &mut Sink) -> Vec<serde_json::Valu
             Err(why) => item_problem(r, sink, key, i, format!("not valid JSON: {why}")),
         }
     }
-    patterns
+    Some(patterns)
 }
 
-/// Reads `[mapping.destination_config.on_failure] destination`.
-fn read_destination(r: &Reader<'_>, sink: &mut Sink) -> Option<DestinationArn> {
-    let config = r.table(sink, "destination_config", &["on_failure"])?;
+/// Reads `[mapping.destination_config.on_failure] destination`; `None` when
+/// `destination_config` is absent or wrong.
+pub(crate) fn read_destination(
+    r: &Reader<'_>,
+    sink: &mut Sink,
+    key: &str,
+) -> Option<Option<DestinationArn>> {
+    let config = r.table(sink, key, &["on_failure"])?;
     config.check_unknown(sink);
     let on_failure = config.table(sink, "on_failure", &["destination"])?;
     on_failure.check_unknown(sink);
@@ -646,7 +528,7 @@ fn read_destination(r: &Reader<'_>, sink: &mut Sink) -> Option<DestinationArn> {
     }
     let arn = on_failure.string(sink, "destination")?;
     match DestinationArn::parse(arn) {
-        Ok(destination) => Some(destination),
+        Ok(destination) => Some(Some(destination)),
         Err(why) => {
             on_failure.problem(
                 sink,

@@ -9,7 +9,7 @@
 //! starts on a bad config.
 //!
 //! Checking is two passes:
-//! 1. validation (`walk.rs`, `mapping.rs`): the TOML table is walked by hand,
+//! 1. validation (`walk.rs`, `keys.rs`, `mapping.rs`): the TOML table is walked by hand,
 //!    not deserialized, so one pass finds every unknown key (with a
 //!    suggestion), wrong type, out-of-range value, bad ARN, missing key,
 //!    duplicate name and combination Lambda rejects, and can say which key
@@ -23,6 +23,7 @@
 //! (counting from 0) when it has no valid, unique name.
 
 mod arn;
+mod keys;
 mod mapping;
 mod problems;
 mod support;
@@ -39,10 +40,16 @@ use std::time::Duration;
 use toml::Table;
 
 pub use arn::{DestinationArn, DestinationKind, EventSourceArn};
+pub use keys::MappingConfig;
 pub use problems::{Problem, Problems};
 pub use support::check_supported;
 
 use walk::{Positions, Reader, Sink};
+
+/// The tests' name for a mapping's start position, from before `starting_position`
+/// became a [`crate::core::checkpoint::StartAt`].
+#[cfg(test)]
+use crate::core::checkpoint::StartAt as StartingPosition;
 
 /// The keys the root table may have.
 const ROOT_KEYS: &[&str] = &[
@@ -54,7 +61,7 @@ const ROOT_KEYS: &[&str] = &[
 ];
 
 /// `max_buffered_mb` when the file gives none: 1 GiB.
-const DEFAULT_MAX_BUFFERED_MB: i64 = 1024;
+const DEFAULT_MAX_BUFFERED_MB: usize = 1024;
 
 /// Bytes in one MiB, the unit of `max_buffered_mb`.
 const MIB: usize = 1024 * 1024;
@@ -115,66 +122,6 @@ pub enum StoreConfig {
 pub struct ServerConfig {
     /// The address to listen on (`listen`, default `127.0.0.1:9090`).
     pub listen: SocketAddr,
-}
-
-/// One `[[mapping]]`: a Kinesis stream read into one function.
-#[derive(Debug, Clone)]
-pub struct MappingConfig {
-    /// Unique name used in metrics, logs and status: 1 to 64 of `[A-Za-z0-9_.-]` (required).
-    pub name: String,
-    /// The stream or consumer to read (`event_source_arn`, required).
-    pub event_source: EventSourceArn,
-    /// What to invoke (`function`, required).
-    pub function: FunctionConfig,
-    /// Whether the mapping runs (default true).
-    pub enabled: bool,
-    /// Where reading starts when there is no checkpoint (required, as in Lambda).
-    pub starting_position: StartingPosition,
-    /// Most records per invocation (1..=10000, default 100).
-    pub batch_size: usize,
-    /// How long to gather records before invoking
-    /// (`maximum_batching_window_in_seconds`, 0..=300, default 0).
-    pub maximum_batching_window: Duration,
-    /// Concurrent batches per shard (1..=10, default 1).
-    pub parallelization_factor: u8,
-    /// Retries of a failed batch; `None` (-1, the default) retries until the records expire.
-    pub maximum_retry_attempts: Option<u32>,
-    /// Oldest record age invoked (`maximum_record_age_in_seconds`); `None`
-    /// (-1, the default) means no limit, else 60..=604800 seconds.
-    pub maximum_record_age: Option<Duration>,
-    /// Split a failed batch in two and retry each half (default false).
-    pub bisect_batch_on_function_error: bool,
-    /// Whether `function_response_types = ["ReportBatchItemFailures"]` (default `[]`).
-    pub report_batch_item_failures: bool,
-    /// Tumbling window length (`tumbling_window_in_seconds`, 0..=900, default 0: none).
-    pub tumbling_window: Duration,
-    /// Whether KPL-aggregated records are split into their user records (default true).
-    pub deaggregate: bool,
-    /// Filter patterns, each a JSON object, OR'd (up to 5, default none).
-    pub filter_criteria: Vec<serde_json::Value>,
-    /// Where batches that ran out of retries or age go
-    /// (`[mapping.destination_config.on_failure] destination`).
-    pub on_failure_destination: Option<DestinationArn>,
-    /// esm extension: the GetRecords calls per second each shard's reader may
-    /// make (default 5.0, above 0 and at most 5). Kinesis allows 5 calls/s
-    /// per shard, shared by every consumer of the stream, so lower this when
-    /// other applications read the same stream.
-    pub get_records_calls_per_second: f64,
-    /// esm extension: how often the stream's shard list is re-read to find
-    /// new shards after a reshard (`shard_discovery_interval_seconds`,
-    /// 1..=3600, default 10).
-    pub shard_discovery_interval: Duration,
-}
-
-/// Where a mapping starts reading a shard that has no checkpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub enum StartingPosition {
-    /// `TRIM_HORIZON`: the oldest record still in the stream.
-    TrimHorizon,
-    /// `LATEST`: only records written from now on.
-    Latest,
-    /// `AT_TIMESTAMP` with `starting_position_timestamp`: the first record at or after it.
-    AtTimestamp(chrono::DateTime<chrono::Utc>),
 }
 
 /// The function a mapping invokes.
@@ -277,16 +224,12 @@ fn read_config(table: &Table, base_dir: &Path, sink: &mut Sink) -> Config {
     let root = Reader::new(table, "", "", ROOT_KEYS);
     root.check_unknown(sink);
     let shutdown_timeout = root
-        .int_in(sink, "shutdown_timeout_seconds", 0..=3600)
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(Duration::from_secs(30), Duration::from_secs);
+        .seconds_in(sink, "shutdown_timeout_seconds", 0..=3600)
+        .unwrap_or(Duration::from_secs(30));
     let max_buffered_mb = root
         .int_in(sink, "max_buffered_mb", 16..=1_048_576)
         .unwrap_or(DEFAULT_MAX_BUFFERED_MB);
-    let max_buffered_bytes = usize::try_from(max_buffered_mb)
-        .ok()
-        .and_then(|mb| mb.checked_mul(MIB))
-        .unwrap_or(usize::MAX);
+    let max_buffered_bytes = max_buffered_mb.saturating_mul(MIB);
     let store = read_store(&root, base_dir, sink);
     let server = root.table(sink, "server", SERVER_KEYS).map(|server| {
         server.check_unknown(sink);

@@ -1,73 +1,82 @@
 //! Settings that are valid but not built yet. Each is rejected, rather than
 //! silently ignored, so a config never means something esm does not do.
-//! Delete a check here when its feature lands.
+//! A `[[mapping]]` key names its check in its declaration (`keys.rs`,
+//! `unsupported:`); delete both when the feature lands.
 
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
-use super::{Config, DestinationKind, StoreConfig};
+use super::walk::child_path;
+use super::{Config, DestinationArn, DestinationKind, EventSourceArn, StoreConfig};
+
+/// A setting that is valid but not built yet: shown at `at` (under its
+/// mapping, if any) as `not supported yet: KEY = VALUE (WHY)`.
+pub(crate) struct NotYet {
+    at: String,
+    key: &'static str,
+    value: String,
+    why: &'static str,
+}
+
+impl NotYet {
+    /// The problem, at `at` under `parent`.
+    fn problem(self, parent: &str) -> Problem {
+        let message = format!(
+            "not supported yet: {} = {} ({})",
+            self.key, self.value, self.why
+        );
+        Problem::new(child_path(parent, &self.at), message)
+    }
+}
 
 /// Problems for every setting in `config` that esm does not support yet,
 /// as `PATH: not supported yet: KEY = VALUE (why)`.
 pub fn check_supported(config: &Config) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    let mut unsupported = |path: String, key: &str, value: String, why: &str| {
-        problems.push(Problem::new(
-            path,
-            format!("not supported yet: {key} = {value} ({why})"),
-        ));
-    };
-
+    let mut found = Vec::new();
     if let StoreConfig::DynamoDb { .. } = config.store {
-        unsupported(
-            "store.kind".to_string(),
-            "kind",
-            quote("dynamodb"),
-            "the DynamoDB lease store is not built yet; use kind = \"local\"",
-        );
+        found.push(NotYet {
+            at: "store.kind".to_string(),
+            key: "kind",
+            value: quote("dynamodb"),
+            why: "the DynamoDB lease store is not built yet; use kind = \"local\"",
+        });
     }
     if let Some(server) = &config.server {
-        unsupported(
-            "server".to_string(),
-            "[server] listen",
-            quote(&server.listen.to_string()),
-            "the metrics and health server is not built yet; remove [server]",
-        );
+        found.push(NotYet {
+            at: "server".to_string(),
+            key: "[server] listen",
+            value: quote(&server.listen.to_string()),
+            why: "the metrics and health server is not built yet; remove [server]",
+        });
     }
-
+    let mut problems: Vec<Problem> = found.into_iter().map(|n| n.problem("")).collect();
     let names: Vec<Option<&str>> = config
         .mappings
         .iter()
         .map(|m| Some(m.name.as_str()))
         .collect();
     for (m, path) in config.mappings.iter().zip(mapping_paths(&names)) {
-        let at = |key: &str| format!("{path}.{key}");
-        if m.event_source.consumer.is_some() {
-            unsupported(
-                at("event_source_arn"),
-                "event_source_arn",
-                quote(&m.event_source.arn),
-                "enhanced fan-out is not built yet; use the stream ARN",
-            );
-        }
-        if !m.filter_criteria.is_empty() {
-            let shown: Vec<String> = m.filter_criteria.iter().map(|p| format!("'{p}'")).collect();
-            unsupported(
-                at("filter_criteria"),
-                "filter_criteria",
-                format!("[{}]", shown.join(", ")),
-                "event filtering is not built yet",
-            );
-        }
-        if let Some(destination) = &m.on_failure_destination {
-            if destination.kind == DestinationKind::S3 {
-                unsupported(
-                    at("destination_config.on_failure.destination"),
-                    "destination",
-                    quote(&destination.arn),
-                    "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
-                );
-            }
-        }
+        problems.extend(m.not_supported_yet().into_iter().map(|n| n.problem(&path)));
     }
     problems
+}
+
+/// `event_source_arn`: a consumer ARN reads with enhanced fan-out.
+pub(crate) fn fan_out(key: &'static str, arn: &EventSourceArn) -> Option<NotYet> {
+    arn.consumer.as_ref().map(|_| NotYet {
+        at: key.to_string(),
+        key,
+        value: quote(&arn.arn),
+        why: "enhanced fan-out is not built yet; use the stream ARN",
+    })
+}
+
+/// `destination_config`: an S3 bucket as the on-failure destination.
+pub(crate) fn s3_destination(key: &str, destination: &Option<DestinationArn>) -> Option<NotYet> {
+    let destination = destination.as_ref()?;
+    (destination.kind == DestinationKind::S3).then(|| NotYet {
+        at: format!("{key}.on_failure.destination"),
+        key: "destination",
+        value: quote(&destination.arn),
+        why: "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
+    })
 }

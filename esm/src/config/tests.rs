@@ -337,9 +337,17 @@ fn unsupported_settings_are_each_one_problem() {
             "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
             "server: not supported yet: [server] listen = \"0.0.0.0:9100\" (the metrics and health server is not built yet; remove [server])",
             "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
-            "mapping[orders].filter_criteria: not supported yet: filter_criteria = ['{\"data\":{\"type\":[\"order\"]}}'] (event filtering is not built yet)",
-            "mapping[payments].tumbling_window_in_seconds: not supported yet: tumbling_window_in_seconds = 900 (tumbling windows are not built yet)",
         ]
+    );
+    // Tumbling windows and event filtering have landed: accepted, and read.
+    let config = valid(&with(
+        "tumbling_window_in_seconds = 900\nfilter_criteria = [ '{\"data\": {\"type\": [\"order\"]}}' ]",
+    ));
+    let m = &config.mappings[0];
+    assert_eq!(m.tumbling_window, Duration::from_secs(900));
+    assert_eq!(
+        m.filter_criteria,
+        vec![serde_json::json!({"data": {"type": ["order"]}})]
     );
 }
 
@@ -1194,9 +1202,12 @@ fn server_listen() {
 
 #[test]
 fn problems_come_in_file_order_then_unsupported() {
+    // The consumer ARN (enhanced fan-out, not supported yet) comes early in the
+    // file, yet its problem comes last. The tumbling window has landed: no problem.
     let text = format!(
         "{}\ntumbling_window_in_seconds = 60\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
         BASE.replace("function = \"echo\"\n", "")
+            .replace("stream/orders", "stream/orders/consumer/esm:1700000000")
     );
     assert_eq!(
         all_problems(&format!("shutdown_timeout_seconds = -5\n{text}")),
@@ -1204,8 +1215,12 @@ fn problems_come_in_file_order_then_unsupported() {
             "shutdown_timeout_seconds: -5 is out of range 0..=3600",
             "mapping[orders].zzz: unknown key",
             "mapping[orders].batch_size: 0 is out of range 1..=10000",
-            "mapping[orders].tumbling_window_in_seconds: not supported yet: tumbling_window_in_seconds = 60 (tumbling windows are not built yet)",
+            "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:us-east-1:000000000000:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
         ]
+    );
+    assert_eq!(
+        validation(&text).0.mappings[0].tumbling_window,
+        Duration::from_secs(60)
     );
 }
 

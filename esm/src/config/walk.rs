@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
+use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 use toml::{Table, Value};
@@ -205,16 +206,16 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// An integer within `range`.
-    pub(crate) fn int_in(
+    /// An integer within `range`, as a `T` (one that holds all of `range`).
+    pub(crate) fn int_in<T: TryFrom<i64>>(
         &self,
         sink: &mut Sink,
         key: &str,
         range: RangeInclusive<i64>,
-    ) -> Option<i64> {
+    ) -> Option<T> {
         let i = self.int(sink, key)?;
         if range.contains(&i) {
-            Some(i)
+            T::try_from(i).ok()
         } else {
             self.problem(
                 sink,
@@ -225,18 +226,29 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// An integer that is either -1 (`Some(None)`: no limit) or within `range`.
-    pub(crate) fn int_or_unlimited(
+    /// Whole seconds within `range`.
+    pub(crate) fn seconds_in(
         &self,
         sink: &mut Sink,
         key: &str,
         range: RangeInclusive<i64>,
-    ) -> Option<Option<i64>> {
+    ) -> Option<Duration> {
+        self.int_in(sink, key, range).map(Duration::from_secs)
+    }
+
+    /// An integer that is either -1 (`Some(None)`: no limit) or within
+    /// `range`, as a `T` (one that holds all of `range`).
+    pub(crate) fn int_or_unlimited<T: TryFrom<i64>>(
+        &self,
+        sink: &mut Sink,
+        key: &str,
+        range: RangeInclusive<i64>,
+    ) -> Option<Option<T>> {
         let i = self.int(sink, key)?;
         if i == -1 {
             Some(None)
         } else if range.contains(&i) {
-            Some(Some(i))
+            Some(T::try_from(i).ok())
         } else {
             self.problem(
                 sink,
@@ -249,6 +261,17 @@ impl<'a> Reader<'a> {
             );
             None
         }
+    }
+
+    /// Either -1 (`Some(None)`: no limit) or whole seconds within `range`.
+    pub(crate) fn seconds_or_unlimited(
+        &self,
+        sink: &mut Sink,
+        key: &str,
+        range: RangeInclusive<i64>,
+    ) -> Option<Option<Duration>> {
+        let seconds = self.int_or_unlimited(sink, key, range)?;
+        Some(seconds.map(Duration::from_secs))
     }
 
     /// A number (integer or float) above 0 and at most `max`.

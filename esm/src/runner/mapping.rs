@@ -75,9 +75,7 @@ async fn run_inner(
                         // in between.
                         let start = match (&spec.start, first_listing) {
                             (_, false) => StartAt::TrimHorizon,
-                            (StartAt::Latest, true) => StartAt::AtTimestamp {
-                                timestamp: listed_at,
-                            },
+                            (StartAt::Latest, true) => StartAt::AtTimestamp(listed_at),
                             (start, true) => start.clone(),
                         };
                         let state = ShardCheckpoint::new(start);

@@ -13,7 +13,7 @@ pub mod shard;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{FunctionConfig, MappingConfig, StartingPosition};
+use crate::config::{FunctionConfig, MappingConfig};
 use crate::core::batch::BatchLimits;
 use crate::core::failure::FailureRules;
 use crate::core::window::Tumbling;
@@ -82,11 +82,7 @@ impl MappingSpec {
                 report_item_failures: m.report_batch_item_failures,
                 ..FailureRules::default()
             },
-            start: match &m.starting_position {
-                StartingPosition::TrimHorizon => StartAt::TrimHorizon,
-                StartingPosition::Latest => StartAt::Latest,
-                StartingPosition::AtTimestamp(t) => StartAt::AtTimestamp { timestamp: *t },
-            },
+            start: m.starting_position.clone(),
             calls_per_second: m.get_records_calls_per_second,
             discovery_interval: m.shard_discovery_interval,
             deaggregate: m.deaggregate,

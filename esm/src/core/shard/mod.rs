@@ -501,7 +501,7 @@ impl ShardMachine {
             (Some(p), _) => ReadFrom::AtSequence(p.sequence.clone()),
             (None, StartAt::TrimHorizon) => ReadFrom::TrimHorizon,
             (None, StartAt::Latest) => ReadFrom::Latest,
-            (None, StartAt::AtTimestamp { timestamp }) => ReadFrom::AtTimestamp(*timestamp),
+            (None, StartAt::AtTimestamp(timestamp)) => ReadFrom::AtTimestamp(*timestamp),
         }
     }
 
