@@ -5,12 +5,14 @@
 //! drive batching, pacing, failure decisions and the shard graph with simulated time,
 //! and what lets a reader change one Lambda rule in one file. The adapters around it
 //! (`source`, `invoke`, `store`) do the I/O; `runner` wires the two together.
+//! [`filter`] decides which records a function never sees (Lambda's `FilterCriteria`).
 
 pub mod backoff;
 pub mod batch;
 pub mod checkpoint;
 pub mod event;
 pub mod failure;
+pub mod filter;
 pub mod lineage;
 pub mod on_failure;
 pub mod pacing;
