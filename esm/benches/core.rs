@@ -127,6 +127,7 @@ fn through_machine(input: &[Record], batch_size: usize, lanes: usize) -> (Durati
         rules: FailureRules::default(),
         router: LaneRouter::new(0, u128::MAX, lanes),
         tumbling: None,
+        filter: Default::default(),
         encoder: encoder(),
         has_destination: false,
         warn_aggregated: false,

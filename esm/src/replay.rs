@@ -157,7 +157,13 @@ pub fn execute(options: ReplayOptions, registry: Registry) -> u8 {
 
 /// Everything after the config was read.
 async fn replay(options: &ReplayOptions, mapping: &MappingConfig, registry: &Registry) -> u8 {
-    let spec = MappingSpec::from_config(mapping);
+    let spec = match MappingSpec::from_config(mapping) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("mapping {}: filter_criteria: {e}", mapping.name);
+            return EXIT_BAD_CONFIG;
+        }
+    };
     let mut workers = Workers::default();
     let mut sink = match &options.out {
         Some(path) => match std::fs::File::create(path) {

@@ -13,25 +13,21 @@ const SHARDS: i32 = 2;
 async fn only_matching_records_are_invoked_and_the_checkpoint_passes_the_rest() {
     let client = kinesis().await;
     let stream = TestStream::create(&client, "filtering", SHARDS).await;
-    // One record in three is an order; the others are clicks. The last records of
-    // the stream are clicks, so the checkpoint has to move past filtered records
-    // to reach the end.
+    // One record in three is an order (1,000 of 3,000); the others are clicks. The
+    // last 48 records (3 per key, on every shard) are clicks, so the checkpoint has to
+    // move past filtered records to reach the end of each shard.
+    let is_order = |n: usize| (n < RECORDS - 48 && n % 3 == 0) || (n < 48 && n % 3 == 1);
     let entries = (0..RECORDS)
         .map(|n| {
-            let kind = if n % 3 == 0 && n < RECORDS - 10 {
-                "order"
-            } else {
-                "click"
-            };
+            let kind = if is_order(n) { "order" } else { "click" };
             let data = format!(r#"{{"n":{n},"kind":"{kind}","amount":{}}}"#, n % 100);
             (format!("key-{}", n % 16), data.into_bytes())
         })
         .collect();
     let put = put_entries(&client, &stream, entries).await;
     assert_eq!(put.len(), RECORDS);
-    let matching = (0..RECORDS)
-        .filter(|n| n % 3 == 0 && *n < RECORDS - 10)
-        .count();
+    let matching = (0..RECORDS).filter(|n| is_order(*n)).count();
+    assert_eq!(matching, 1_000);
 
     let dir = tempfile::tempdir().unwrap();
     let extra = format!(

@@ -15,6 +15,7 @@ use super::problems::quote;
 use super::walk::{child_anchor, describe, Reader, Sink};
 use super::{FunctionConfig, MappingConfig};
 use crate::core::checkpoint::StartAt;
+use crate::core::filter::FilterCriteria;
 
 /// Read with `starting_position`: the time an `AT_TIMESTAMP` start is at.
 pub(crate) const STARTING_POSITION_TIMESTAMP: &str = "starting_position_timestamp";
@@ -498,7 +499,13 @@ pub(crate) fn read_filter_criteria(
             continue;
         };
         match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(pattern @ serde_json::Value::Object(_)) => patterns.push(pattern),
+            Ok(pattern @ serde_json::Value::Object(_)) => {
+                // Compiled here so that a pattern esm cannot apply stops the config.
+                match FilterCriteria::from_values(std::slice::from_ref(&pattern)) {
+                    Ok(_) => patterns.push(pattern),
+                    Err(why) => item_problem(r, sink, key, i, why.detail()),
+                }
+            }
             Ok(other) => item_problem(
                 r,
                 sink,

@@ -1169,6 +1169,33 @@ fn function_commands_and_names() {
 }
 
 #[test]
+fn filter_patterns_are_checked_against_lambdas_rule_syntax() {
+    let problems = validation_problems(&with(
+        "filter_criteria = [\n  '{\"data\": {\"kind\": [\"order\"]}}',\n           '{\"data\": {\"kind\": \"order\"}}',\n           '{\"body\": {\"kind\": [\"order\"]}}',\n           '{\"data\": {\"n\": [{\"numeric\": [\">\"]}]}}',\n           '{\"partitionKey\": [{\"prefix\": \"eu-\"}]}'\n]",
+    ));
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    for (problem, (index, words)) in
+        problems
+            .iter()
+            .zip([(1, "data.kind"), (2, "body"), (3, "numeric")])
+    {
+        assert!(
+            problem.starts_with(&format!("mapping[orders].filter_criteria[{index}]: ")),
+            "{problem}"
+        );
+        assert!(problem.contains(words), "{problem}");
+    }
+    let config = parse(&with(
+        "filter_criteria = ['{\"data\": {\"kind\": [\"order\"]}}', '{\"partitionKey\": [\"a\"]}']",
+    ))
+    .unwrap();
+    let spec = crate::runner::MappingSpec::from_config(&config.mappings[0]).unwrap();
+    assert!(spec.filter.keeps("b", br#"{"kind":"order"}"#));
+    assert!(spec.filter.keeps("a", b"not json"));
+    assert!(!spec.filter.keeps("b", br#"{"kind":"click"}"#));
+}
+
+#[test]
 fn filter_patterns_must_be_json_objects() {
     assert_eq!(
         validation_problems(&with("filter_criteria = ['{\"data\": 1', '[1]']")),

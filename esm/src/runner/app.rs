@@ -208,7 +208,20 @@ pub async fn run(
     let budget = MemoryBudget::new(config.max_buffered_bytes);
     let mut workers = Workers::default();
     for m in config.mappings.iter().filter(|m| m.enabled) {
-        let spec = MappingSpec::from_config(m);
+        let spec = match MappingSpec::from_config(m) {
+            Ok(spec) => spec,
+            Err(e) => {
+                mapping_cancel.cancel();
+                mappings.abort_all();
+                workers.stop().await;
+                return Err(RunError::Config {
+                    problems: vec![Problem::new(
+                        format!("mapping[{}].filter_criteria", m.name),
+                        e.to_string(),
+                    )],
+                });
+            }
+        };
         let invoker = match resolve_invoker(m, &spec, &registry, &mut workers) {
             Ok(invoker) => invoker,
             Err(problem) => {

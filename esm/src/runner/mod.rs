@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::config::{FunctionConfig, MappingConfig};
 use crate::core::batch::BatchLimits;
 use crate::core::failure::FailureRules;
+use crate::core::filter::{FilterCriteria, FilterError};
 use crate::core::window::Tumbling;
 use crate::invoke::Invoker;
 use crate::metrics::MappingMetrics;
@@ -52,19 +53,24 @@ pub struct MappingSpec {
     pub parallelization: usize,
     /// `tumbling_window_in_seconds`, when set.
     pub tumbling: Option<Tumbling>,
+    /// `filter_criteria`, compiled (empty: every record is kept).
+    pub filter: FilterCriteria,
     /// The on-failure destination's ARN, for logs.
     pub destination_arn: Option<String>,
 }
 
 impl MappingSpec {
     /// Derives the runtime settings from a validated mapping config.
-    pub fn from_config(m: &MappingConfig) -> Self {
+    /// Fails only when a filter pattern does not compile, which the config reader
+    /// has already ruled out.
+    pub fn from_config(m: &MappingConfig) -> Result<Self, FilterError> {
+        let filter = FilterCriteria::from_values(&m.filter_criteria)?;
         let arn = &m.event_source;
         let (function_name, timeout) = match &m.function {
             FunctionConfig::InProcess { name, timeout } => (name.clone(), *timeout),
             FunctionConfig::Command { timeout, .. } => (m.name.clone(), *timeout),
         };
-        Self {
+        Ok(Self {
             name: m.name.clone(),
             stream_arn: arn.stream_arn(),
             region: arn.region.clone(),
@@ -88,8 +94,9 @@ impl MappingSpec {
             deaggregate: m.deaggregate,
             parallelization: usize::from(m.parallelization_factor),
             tumbling: Tumbling::new(m.tumbling_window),
+            filter,
             destination_arn: m.on_failure_destination.as_ref().map(|d| d.arn.clone()),
-        }
+        })
     }
 }
 

@@ -83,6 +83,12 @@ pub(crate) fn report(note: &Note, spec: &MappingSpec, metrics: &MappingMetrics) 
             });
             tracing::error!(lane, %start, %end, condition = condition.as_str(), approximate_invoke_count = invocations, "a tumbling window's last invocation (no records) was given up: the window's aggregate is lost; its records were handled by earlier invocations and are not read again");
         }
+        Note::FilteredOut { records } => {
+            metrics.filtered_out_events.add(*records as u64);
+        }
+        Note::AggregatedNotFiltered => {
+            tracing::warn!("KPL-aggregated records found with filter_criteria set: they are passed to the function unfiltered, because their data is not the user's JSON until de-aggregation is built");
+        }
         Note::AggregatedRecords => {
             tracing::warn!("KPL-aggregated records found: de-aggregation is not built yet, so they reach the function as the Kinesis records they are");
         }

@@ -66,6 +66,7 @@ impl ShardRunner {
             rules,
             router: LaneRouter::new(shard.hash_start, shard.hash_end, spec.parallelization),
             tumbling: spec.tumbling,
+            filter: spec.filter.clone(),
             encoder: EventEncoder::new(&EventSource {
                 stream_arn: spec.stream_arn.clone(),
                 region: spec.region.clone(),

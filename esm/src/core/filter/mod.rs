@@ -227,6 +227,21 @@ pub enum FilterError {
 }
 
 impl FilterError {
+    /// What is wrong, without the pattern's index (for a message that names the
+    /// pattern another way, such as a config path `filter_criteria[2]`).
+    pub fn detail(&self) -> String {
+        match self {
+            FilterError::TooMany { count, max } => {
+                format!("{count} filter patterns; at most {max} are allowed")
+            }
+            FilterError::NotJson { reason, .. } => format!("not valid JSON: {reason}"),
+            FilterError::TooLong { len, max, .. } => {
+                format!("{len} characters, above Lambda's limit of {max}")
+            }
+            FilterError::Invalid { path, reason, .. } => format!("at {path}: {reason}"),
+        }
+    }
+
     /// The index of the offending pattern (none for too many patterns).
     pub fn index(&self) -> Option<usize> {
         match self {

@@ -55,6 +55,7 @@ use super::batch::{BatchLimits, Batcher};
 use super::checkpoint::{ShardCheckpoint, StartAt};
 use super::event::EventEncoder;
 use super::failure::{Condition, FailureRules, LastFailure, Outcome};
+use super::filter::FilterCriteria;
 use super::partition::LaneRouter;
 use super::record::{Position, Record, SequenceNumber};
 use super::window::{Tumbling, WindowBounds};
@@ -108,6 +109,8 @@ pub struct ShardSettings {
     pub router: LaneRouter,
     /// `tumbling_window_in_seconds`, when set (only ever with one lane).
     pub tumbling: Option<Tumbling>,
+    /// `filter_criteria`: records that match no pattern are done as soon as read.
+    pub filter: FilterCriteria,
     /// Writes the events.
     pub encoder: EventEncoder,
     /// Whether records given up go to an on-failure destination (else they are
@@ -353,6 +356,14 @@ pub enum Note {
     },
     /// KPL aggregated records were seen; they reach the function as they are.
     AggregatedRecords,
+    /// Records matched no filter pattern: done without an invocation.
+    FilteredOut {
+        /// How many.
+        records: usize,
+    },
+    /// KPL aggregated records were kept although filters are set: their data is not
+    /// the user's JSON, and filtering them would lose the user records inside.
+    AggregatedNotFiltered,
     /// A tumbling window's invocation that carried no records (its final one, or the
     /// one ending it early) was given up: the window's aggregate is lost, and its
     /// records are not read again.
@@ -445,6 +456,8 @@ pub struct ShardState {
     lease_lost: bool,
     #[serde(skip)]
     warned_aggregated: bool,
+    #[serde(skip)]
+    warned_aggregated_filter: bool,
 }
 
 /// One shard's rules and state.
@@ -478,6 +491,7 @@ impl ShardMachine {
             save_retry_at: None,
             lease_lost: false,
             warned_aggregated: false,
+            warned_aggregated_filter: false,
             saving: None,
             saved: stored,
         };
@@ -609,6 +623,7 @@ impl ShardMachine {
             self.state.warned_aggregated = true;
             effects.push(Effect::Note(Note::AggregatedRecords));
         }
+        let mut filtered = 0;
         for record in page.records {
             if let Some(skip) = &self.state.skip_through {
                 if record.position <= *skip {
@@ -617,8 +632,18 @@ impl ShardMachine {
                 self.state.skip_through = None;
             }
             let ordinal = self.state.tracker.admit();
+            if !self.kept(&record, effects) {
+                self.state
+                    .tracker
+                    .done(&[ordinal], |_| &record.position, Settled::Filtered);
+                filtered += 1;
+                continue;
+            }
             let lane = self.settings.router.lane_of(&record);
             self.state.lanes[lane].push(record, ordinal, now, &self.settings);
+        }
+        if filtered > 0 {
+            effects.push(Effect::Note(Note::FilteredOut { records: filtered }));
         }
         if let Some(issued_at) = page.issued_at {
             for lane in &mut self.state.lanes {
@@ -632,6 +657,24 @@ impl ShardMachine {
             self.state.children = Some(children);
             self.state.phase = Phase::Draining;
         }
+    }
+
+    /// Whether `record` passes the filter criteria. A KPL aggregated record always
+    /// does (with a warning, once): until de-aggregation, its data is not the user's
+    /// JSON, and filtering it out would lose the user records inside.
+    fn kept(&mut self, record: &Record, effects: &mut Vec<Effect>) -> bool {
+        let filter = &self.settings.filter;
+        if filter.is_empty() {
+            return true;
+        }
+        if record.data.starts_with(&KPL_MAGIC) {
+            if !self.state.warned_aggregated_filter {
+                self.state.warned_aggregated_filter = true;
+                effects.push(Effect::Note(Note::AggregatedNotFiltered));
+            }
+            return true;
+        }
+        filter.keeps(&record.partition_key, &record.data)
     }
 
     /// Runs `f` on lane `index` with the step's context.

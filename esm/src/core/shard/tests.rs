@@ -12,6 +12,7 @@ use super::*;
 use crate::core::event::EventSource;
 use crate::core::failure::Outcome;
 
+mod filtering;
 mod windows;
 
 const SHARD: &str = "shardId-000000000000";
@@ -60,6 +61,7 @@ fn settings(
         rules,
         router: LaneRouter::new(0, u128::MAX, lanes),
         tumbling: None,
+        filter: Default::default(),
         encoder: EventEncoder::new(&EventSource {
             stream_arn: "arn:aws:kinesis:us-east-1:000000000000:stream/s".into(),
             region: "us-east-1".into(),
