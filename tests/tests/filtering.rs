@@ -16,7 +16,7 @@ async fn only_matching_records_are_invoked_and_the_checkpoint_passes_the_rest() 
     // One record in three is an order (1,000 of 3,000); the others are clicks. The
     // last 48 records (3 per key, on every shard) are clicks, so the checkpoint has to
     // move past filtered records to reach the end of each shard.
-    let is_order = |n: usize| (n < RECORDS - 48 && n % 3 == 0) || (n < 48 && n % 3 == 1);
+    let is_order = |n: usize| (n < RECORDS - 48 && n.is_multiple_of(3)) || (n < 48 && n % 3 == 1);
     let entries = (0..RECORDS)
         .map(|n| {
             let kind = if is_order(n) { "order" } else { "click" };
