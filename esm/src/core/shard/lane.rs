@@ -230,6 +230,16 @@ impl Lane {
         }
     }
 
+    /// A record that arrived at `arrival` was read but not kept (filtered out): it
+    /// ends the windows before its own all the same.
+    pub(super) fn saw_arrival(
+        &mut self,
+        tumbling: &crate::core::window::Tumbling,
+        arrival: DateTime<Utc>,
+    ) {
+        self.clock.admit(tumbling, arrival);
+    }
+
     /// A read issued at `issued_at` returned `millis_behind_latest` (for when a
     /// tumbling window has ended).
     pub(super) fn read(&mut self, issued_at: DateTime<Utc>, millis_behind_latest: Option<i64>) {

@@ -637,6 +637,13 @@ impl ShardMachine {
                     .tracker
                     .done(&[ordinal], |_| &record.position, Settled::Filtered);
                 filtered += 1;
+                // A filtered record still shows that time moved on: it ends the
+                // windows before its own.
+                if let Some(tumbling) = &self.settings.tumbling {
+                    for lane in &mut self.state.lanes {
+                        lane.saw_arrival(tumbling, record.approximate_arrival);
+                    }
+                }
                 continue;
             }
             let lane = self.settings.router.lane_of(&record);

@@ -121,3 +121,23 @@ fn without_patterns_every_record_is_kept() {
     assert_eq!(sim.invoked[0].1.len(), 2);
     assert_eq!(filtered_out(&sim.notes), 0);
 }
+
+#[test]
+fn a_filtered_record_of_a_later_window_ends_the_open_window() {
+    let mut s = filtered(1, 10);
+    s.tumbling = crate::core::window::Tumbling::new(Duration::from_secs(5));
+    let mut sim = Sim::fresh(s);
+    sim.feed(Input::Page(page(vec![of_kind(0, "k", "order")])));
+    sim.answer(
+        0,
+        Outcome::Returned {
+            response: Bytes::from_static(br#"{"state":{"n":1}}"#),
+        },
+    );
+    let mut later = of_kind(1, "k", "click");
+    later.approximate_arrival = wall0() + chrono::Duration::seconds(5);
+    sim.feed(Input::Page(page(vec![later])));
+    let last = &sim.events[1];
+    assert_eq!(last["isFinalInvokeForWindow"], true);
+    assert_eq!(last["Records"].as_array().unwrap().len(), 0);
+}
