@@ -158,6 +158,10 @@ where
 /// should serialize as one (a map or a struct). Keep it under 1 MB: a larger state
 /// ends the window early. `batchItemFailures` works as in [`BatchItemFailures`] and
 /// needs `function_response_types = ["ReportBatchItemFailures"]` on the mapping.
+/// With item failures the records from the first failed one on are invoked again,
+/// with the `state` this response returns: so return the state that counts only the
+/// records before the first failure you report (esm's rule; Lambda's documentation
+/// leaves the case open).
 ///
 /// ```
 /// use std::collections::BTreeMap;
