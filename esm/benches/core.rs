@@ -2,7 +2,8 @@
 //! encoder, through the whole shard state machine (lanes, failure rules, checkpoint
 //! tracker; invocations and checkpoint writes answered at once), and through an
 //! in-process no-op handler (which deserializes the event as a real handler does),
-//! with no network. Run with `cargo bench -p esm --bench core`.
+//! with no network; and through event filtering (`FilterCriteria::keeps`), which runs
+//! once per record before batching. Run with `cargo bench -p esm --bench core`.
 //!
 //! Prints one line per scenario; figures go in the README.
 
@@ -15,6 +16,7 @@ use esm::core::batch::{BatchLimits, Batcher};
 use esm::core::checkpoint::{ShardCheckpoint, StartAt};
 use esm::core::event::{EventEncoder, EventSource};
 use esm::core::failure::FailureRules;
+use esm::core::filter::FilterCriteria;
 use esm::core::partition::LaneRouter;
 use esm::core::record::{Position, Record, SequenceNumber};
 use esm::core::shard::{Effect, Env, Input, Page, ShardMachine, ShardSettings};
@@ -176,12 +178,76 @@ fn through_machine(input: &[Record], batch_size: usize, lanes: usize) -> (Durati
     (started.elapsed(), invoked)
 }
 
+/// `count` records of 100-byte JSON data, with fields that vary independently.
+fn json_records(count: usize) -> Vec<Record> {
+    const TYPES: [&str; 3] = ["order", "quote", "refund"];
+    const REGIONS: [&str; 4] = ["us-east-1", "eu-west-1", "ap-south-1", "us-west-2"];
+    const STATUSES: [&str; 4] = ["new", "paid", "shipped", "cancelled"];
+    let mut records = records(count, 0);
+    for (i, r) in records.iter_mut().enumerate() {
+        // A multiplicative hash, so that the fields do not move in step.
+        let h = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let pick = |shift: u32, n: usize| ((h >> shift) % n as u64) as usize;
+        let mut json = format!(
+            r#"{{"type":"{}","region":"{}","amount":{},"status":"{}","id":{i},"note":""#,
+            TYPES[pick(8, 3)],
+            REGIONS[pick(16, 4)],
+            (h >> 24) % 1000,
+            STATUSES[pick(40, 4)],
+        );
+        while json.len() < 98 {
+            json.push('x');
+        }
+        json.push_str("\"}");
+        assert_eq!(json.len(), 100, "{json}");
+        r.data = Bytes::from(json);
+    }
+    records
+}
+
+/// `FilterCriteria::keeps` over every record: the time, and how many were kept.
+fn filter(criteria: &FilterCriteria, input: &[Record]) -> (Duration, usize) {
+    let started = Instant::now();
+    let kept = input
+        .iter()
+        .filter(|r| criteria.keeps(black_box(&r.partition_key), black_box(&r.data)))
+        .count();
+    (started.elapsed(), kept)
+}
+
+fn filtering() {
+    let count = 1_000_000;
+    let input = json_records(count);
+    let one = [r#"{"data": {"type": ["order"]}}"#];
+    let five = [
+        r#"{"data": {"type": ["order"], "region": [{"prefix": "us-"}], "amount": [{"numeric": [">=", 500]}]}}"#,
+        r#"{"data": {"type": ["refund"], "status": [{"anything-but": ["cancelled", "new"]}]}}"#,
+        r#"{"data": {"region": [{"prefix": "eu-"}], "amount": [{"numeric": [">", 0, "<=", 100]}]}}"#,
+        r#"{"data": {"type": ["quote"], "status": ["paid"], "region": [{"anything-but": {"prefix": "ap-"}}]}}"#,
+        r#"{"data": {"status": ["cancelled"], "amount": [{"numeric": [">=", 950]}]}}"#,
+    ];
+    let cases: [(&str, &[&str]); 3] = [("none", &[]), ("1", &one), ("5", &five)];
+    for (name, patterns) in cases {
+        let criteria = FilterCriteria::parse(patterns).unwrap_or_else(|e| panic!("{e}"));
+        let (elapsed, kept) = (0..3)
+            .map(|_| filter(&criteria, &input))
+            .min_by_key(|r| r.0)
+            .unwrap_or_else(|| unreachable!());
+        println!(
+            "filter           records={count:>7} size=   100B patterns={name:>4}: {:>10.0} records/s ({:.0}% kept)",
+            count as f64 / elapsed.as_secs_f64(),
+            kept as f64 * 100.0 / count as f64,
+        );
+    }
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     println!("esm core benchmark (in-process, no network); best of 3 runs each");
+    filtering();
     for (count, size) in [(200_000usize, 100usize), (20_000, 10_000)] {
         let input = records(count, size);
         for batch_size in [100usize, 1_000, 10_000] {

@@ -893,6 +893,36 @@ const PATTERN_KEYS: &[&str] = &[
     "=",
 ];
 
+/// `keeps` with the whole data parsed, not only the fields the patterns look at.
+fn keeps_unpruned(c: &FilterCriteria, key: &str, data: &[u8]) -> bool {
+    let parsed = serde_json::from_slice::<Value>(data).ok();
+    let record = eval::RecordView {
+        partition_key: key,
+        data: parsed.as_ref(),
+    };
+    c.is_empty() || c.patterns.iter().any(|p| eval::matches(&p.root, &record))
+}
+
+#[test]
+fn pruned_parse_keeps_only_the_schema() {
+    let c = criteria(&[
+        r#"{"data": {"a": {"b": [1]}, "c": [{"exists": true}]}}"#,
+        r#"{"data": {"$or": [{"d": [1]}, {"a": {"e": [2]}}]}}"#,
+    ]);
+    let pruned = c.schema.parse(
+        br#"{"a": [{"b": 1, "x": 2, "e": {"deep": 1}}, 5], "c": {"y": [1, 2]}, "d": 1, "z": "skipped"}"#,
+    );
+    assert_eq!(
+        pruned,
+        Some(json!({"a": [{"b": 1, "e": {}}, 5], "c": {}, "d": 1}))
+    );
+    // Still all validated: bad syntax or UTF-8 in a skipped field is not JSON.
+    assert_eq!(c.schema.parse(br#"{"z": [1, }"#), None);
+    assert_eq!(c.schema.parse(b"{\"z\": \"\xff\"}"), None);
+    assert_eq!(c.schema.parse(br#"{"a": 1} {"a": 2}"#), None);
+    assert_eq!(c.schema.parse(br#"[1, 2]"#), Some(json!([1, 2])));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -900,14 +930,16 @@ proptest! {
     #[test]
     fn any_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..256), key in ".{0,16}") {
         let c = every_operator();
-        let _ = c.keeps(&key, &data);
+        prop_assert_eq!(c.keeps(&key, &data), keeps_unpruned(&c, &key, &data));
     }
 
-    /// Nor does any JSON data, shaped like the patterns' fields.
+    /// Nor does any JSON data, shaped like the patterns' fields; and parsing only the
+    /// fields the patterns look at changes no answer.
     #[test]
     fn any_json_data_never_panics(data in json_value(DATA_KEYS), key in "[a-z]{0,4}") {
         let c = every_operator();
-        let _ = c.keeps(&key, data.to_string().as_bytes());
+        let bytes = data.to_string();
+        prop_assert_eq!(c.keeps(&key, bytes.as_bytes()), keeps_unpruned(&c, &key, bytes.as_bytes()));
     }
 
     /// Any small JSON pattern either compiles or is an error naming its index; the two
@@ -922,8 +954,9 @@ proptest! {
         prop_assert_eq!(from_value.is_ok(), from_text.is_ok());
         match from_text {
             Ok(c) => {
-                let _ = c.keeps("k", data.to_string().as_bytes());
-                let _ = c.keeps("k", b"not json");
+                let bytes = data.to_string();
+                prop_assert_eq!(c.keeps("k", bytes.as_bytes()), keeps_unpruned(&c, "k", bytes.as_bytes()));
+                prop_assert_eq!(c.keeps("k", b"not json"), keeps_unpruned(&c, "k", b"not json"));
             }
             Err(e) => prop_assert_eq!(e.index(), Some(0)),
         }
