@@ -82,13 +82,15 @@ pub fn batch_item_failures(body: &[u8], records: &[Record]) -> Verdict {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, for messages: `null`, `a boolean`, `a number`,
+/// `a string`, `an array`, `an object`.
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",
-        Value::Array(_) => "a list",
+        Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
 }

@@ -26,6 +26,8 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::response::kind;
+
 /// Lambda's limit on a window's state: above it the window ends early
 /// (`isWindowTerminatedEarly`) and the next invocation continues it with fresh state.
 pub const MAX_STATE_BYTES: usize = 1024 * 1024;
@@ -126,17 +128,6 @@ pub fn read_state(body: &[u8]) -> Result<Bytes, String> {
             kind(other)
         )),
         None => Err("the response has no state (a tumbling window needs one)".to_owned()),
-    }
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

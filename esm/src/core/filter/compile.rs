@@ -550,13 +550,5 @@ fn kind(value: &Value) -> String {
     } else {
         shown
     };
-    let what = match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    format!("{what} ({shown})")
+    format!("{} ({shown})", crate::core::response::kind(value))
 }
