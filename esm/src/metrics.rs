@@ -117,6 +117,8 @@ pub struct MappingMetrics {
     pub destination_delivery_failures: Counter,
     /// `esm_get_records_total`.
     pub get_records: GetRecordsCounters,
+    /// `esm_fanout_resubscriptions_total`: subscriptions renewed or recovered.
+    pub fanout_resubscriptions: Counter,
     /// `esm_invocations_total`.
     pub invocations: InvocationCounters,
 }

@@ -28,7 +28,7 @@ use super::mapping::{
     no_function, read_destination, read_event_source, read_filter_criteria, read_function,
     read_name, read_response_types, read_starting_position, STARTING_POSITION_TIMESTAMP,
 };
-use super::support::{fan_out, s3_destination, NotYet};
+use super::support::{s3_destination, NotYet};
 use super::walk::{Reader, Sink};
 use super::FunctionConfig;
 use crate::core::checkpoint::StartAt;
@@ -120,7 +120,7 @@ mapping_keys! {
     name: String { key: "name", required: true, read: custom(read_name), default: String::new() }
     /// The stream to read, or an enhanced fan-out consumer of it.
     event_source: EventSourceArn { key: "event_source_arn", required: true,
-        read: custom(read_event_source), default: EventSourceArn::default(), unsupported: fan_out }
+        read: custom(read_event_source), default: EventSourceArn::default() }
     /// What to invoke: an in-process handler's name, or a `[mapping.function]` table.
     function: FunctionConfig { key: "function", required: true,
         read: custom(read_function), default: no_function() }
@@ -172,6 +172,11 @@ mapping_keys! {
     /// shards after a reshard.
     shard_discovery_interval: Duration { key: "shard_discovery_interval_seconds",
         read: seconds_in(1..=3600), default: Duration::from_secs(10) }
+    /// esm extension: with enhanced fan-out, how long a shard's subscription lasts
+    /// before it is renewed at its continuation sequence number (Kinesis ends one
+    /// after 5 minutes; a shorter renewal exercises the same path sooner).
+    fan_out_resubscribe: Duration { key: "fan_out_resubscribe_seconds",
+        read: seconds_in(1..=300), default: Duration::from_secs(300) }
 }
 
 /// Lambda's rule: a tumbling window is not allowed with `parallelization_factor` above 1.

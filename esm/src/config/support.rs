@@ -6,7 +6,7 @@
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
 use super::walk::child_path;
-use super::{Config, DestinationArn, DestinationKind, EventSourceArn, StoreConfig};
+use super::{Config, DestinationArn, DestinationKind, StoreConfig};
 
 /// A setting that is valid but not built yet: shown at `at` (under its
 /// mapping, if any) as `not supported yet: KEY = VALUE (WHY)`.
@@ -58,16 +58,6 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
         problems.extend(m.not_supported_yet().into_iter().map(|n| n.problem(&path)));
     }
     problems
-}
-
-/// `event_source_arn`: a consumer ARN reads with enhanced fan-out.
-pub(crate) fn fan_out(key: &'static str, arn: &EventSourceArn) -> Option<NotYet> {
-    arn.consumer.as_ref().map(|_| NotYet {
-        at: key.to_string(),
-        key,
-        value: quote(&arn.arn),
-        why: "enhanced fan-out is not built yet; use the stream ARN",
-    })
 }
 
 /// `destination_config`: an S3 bucket as the on-failure destination.

@@ -336,8 +336,13 @@ fn unsupported_settings_are_each_one_problem() {
         vec![
             "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
             "server: not supported yet: [server] listen = \"0.0.0.0:9100\" (the metrics and health server is not built yet; remove [server])",
-            "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:eu-west-1:123456789012:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
         ]
+    );
+    // Enhanced fan-out has landed: a consumer ARN is accepted, and read.
+    let config = valid(&BASE.replace("stream/orders", "stream/orders/consumer/esm:1700000000"));
+    assert_eq!(
+        config.mappings[0].event_source.consumer.as_deref(),
+        Some("arn:aws:kinesis:us-east-1:000000000000:stream/orders/consumer/esm:1700000000")
     );
     // Tumbling windows and event filtering have landed: accepted, and read.
     let config = valid(&with(
@@ -1229,10 +1234,10 @@ fn server_listen() {
 
 #[test]
 fn problems_come_in_file_order_then_unsupported() {
-    // The consumer ARN (enhanced fan-out, not supported yet) comes early in the
-    // file, yet its problem comes last. The tumbling window has landed: no problem.
+    // The DynamoDB store (not supported yet) comes first in the file, yet its
+    // problem comes last. The tumbling window and fan-out have landed: no problem.
     let text = format!(
-        "{}\ntumbling_window_in_seconds = 60\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
+        "[store]\nkind = \"dynamodb\"\ntable = \"esm-leases\"\n{}\ntumbling_window_in_seconds = 60\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
         BASE.replace("function = \"echo\"\n", "")
             .replace("stream/orders", "stream/orders/consumer/esm:1700000000")
     );
@@ -1242,7 +1247,7 @@ fn problems_come_in_file_order_then_unsupported() {
             "shutdown_timeout_seconds: -5 is out of range 0..=3600",
             "mapping[orders].zzz: unknown key",
             "mapping[orders].batch_size: 0 is out of range 1..=10000",
-            "mapping[orders].event_source_arn: not supported yet: event_source_arn = \"arn:aws:kinesis:us-east-1:000000000000:stream/orders/consumer/esm:1700000000\" (enhanced fan-out is not built yet; use the stream ARN)",
+            "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
         ]
     );
     assert_eq!(

@@ -55,6 +55,11 @@ pub struct MappingSpec {
     pub tumbling: Option<Tumbling>,
     /// `filter_criteria`, compiled (empty: every record is kept).
     pub filter: FilterCriteria,
+    /// The stream consumer to read with enhanced fan-out (SubscribeToShard);
+    /// `None`: shared throughput (GetRecords).
+    pub consumer_arn: Option<String>,
+    /// `fan_out_resubscribe_seconds`: when a subscription is renewed.
+    pub resubscribe_after: Duration,
     /// The on-failure destination's ARN, for logs.
     pub destination_arn: Option<String>,
 }
@@ -95,6 +100,8 @@ impl MappingSpec {
             parallelization: usize::from(m.parallelization_factor),
             tumbling: Tumbling::new(m.tumbling_window),
             filter,
+            consumer_arn: arn.consumer.clone(),
+            resubscribe_after: m.fan_out_resubscribe,
             destination_arn: m.on_failure_destination.as_ref().map(|d| d.arn.clone()),
         })
     }

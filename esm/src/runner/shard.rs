@@ -29,6 +29,7 @@ use crate::core::shard::{
     ShardSettings, MAX_PAGE_MEMORY,
 };
 use crate::invoke::{Invocation, Outcome};
+use crate::source::fanout::{FanOutConfig, FanOutReader};
 use crate::source::polling::{PollingConfig, PollingReader, MAX_GET_RECORDS_LIMIT};
 use crate::source::{ReadOutcome, ShardSource, SourceError};
 use crate::store::{Lease, ShardCheckpoint, StoreError};
@@ -98,17 +99,31 @@ impl ShardRunner {
         };
         let from = self.machine.read_from();
         tracing::info!(from = ?from, lanes = self.machine.settings().router.lanes(), "reading shard");
-        let mut source: Option<Box<dyn ShardSource>> = Some(Box::new(PollingReader::new(
-            ctx.client.clone(),
-            PollingConfig {
-                stream_arn: spec.stream_arn.clone(),
-                shard_id: shard_id.clone(),
-                from,
-                calls_per_second: spec.calls_per_second,
-                limit: MAX_GET_RECORDS_LIMIT,
-            },
-            ctx.metrics.clone(),
-        )));
+        let reader: Box<dyn ShardSource> = match &spec.consumer_arn {
+            Some(consumer_arn) => Box::new(FanOutReader::new(
+                ctx.client.clone(),
+                FanOutConfig {
+                    stream_arn: spec.stream_arn.clone(),
+                    consumer_arn: consumer_arn.clone(),
+                    shard_id: shard_id.clone(),
+                    from,
+                    resubscribe_after: spec.resubscribe_after,
+                },
+                ctx.metrics.clone(),
+            )),
+            None => Box::new(PollingReader::new(
+                ctx.client.clone(),
+                PollingConfig {
+                    stream_arn: spec.stream_arn.clone(),
+                    shard_id: shard_id.clone(),
+                    from,
+                    calls_per_second: spec.calls_per_second,
+                    limit: MAX_GET_RECORDS_LIMIT,
+                },
+                ctx.metrics.clone(),
+            )),
+        };
+        let mut source = Some(reader);
         let mut io = InFlight::default();
         let mut held = Reservation::default();
         let mut shutting_down = false;

@@ -1,13 +1,14 @@
 //! Reading a stream: which shards there are ([`discovery`]) and their records
-//! ([`polling`]).
+//! ([`polling`] with GetRecords, or [`fanout`] with SubscribeToShard).
 //!
 //! A shard's records arrive through a [`ShardSource`]: the shard runner asks it for one
 //! page at a time, only while the shard state machine wants more, so reading overlaps
-//! invocations while memory stays bounded. Polling with GetRecords is the first
-//! source; enhanced fan-out (SubscribeToShard) will be a second one producing the
-//! same pages.
+//! invocations while memory stays bounded. Polling with GetRecords and enhanced
+//! fan-out (SubscribeToShard) are the two sources; they produce the same pages, so
+//! the shard state machine does not know which one feeds it.
 
 pub mod discovery;
+pub mod fanout;
 pub mod kinesis;
 pub mod polling;
 
