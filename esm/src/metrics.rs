@@ -98,6 +98,34 @@ impl DroppedCounters {
     }
 }
 
+/// `esm_fanout_resubscriptions_total{reason}`: why a shard subscribed again.
+#[derive(Debug, Default)]
+pub struct ResubscriptionCounters {
+    /// `reason="expired"`: the subscription ended (Kinesis's 5 minutes, or
+    /// `fan_out_resubscribe_seconds`) and was renewed.
+    pub expired: Counter,
+    /// `reason="connection"`: the connection dropped.
+    pub connection: Counter,
+    /// `reason="in_use"`: `ResourceInUseException`, the previous subscription was
+    /// still open.
+    pub in_use: Counter,
+    /// `reason="throttled"`: `LimitExceededException`.
+    pub throttled: Counter,
+    /// `reason="error"`: any other failure.
+    pub error: Counter,
+}
+
+impl ResubscriptionCounters {
+    /// All resubscriptions, whatever the reason.
+    pub fn total(&self) -> u64 {
+        self.expired.get()
+            + self.connection.get()
+            + self.in_use.get()
+            + self.throttled.get()
+            + self.error.get()
+    }
+}
+
 /// The counters of one mapping.
 #[derive(Debug, Default)]
 pub struct MappingMetrics {
@@ -117,8 +145,8 @@ pub struct MappingMetrics {
     pub destination_delivery_failures: Counter,
     /// `esm_get_records_total`.
     pub get_records: GetRecordsCounters,
-    /// `esm_fanout_resubscriptions_total`: subscriptions renewed or recovered.
-    pub fanout_resubscriptions: Counter,
+    /// `esm_fanout_resubscriptions_total{reason}`: subscriptions renewed or recovered.
+    pub fanout_resubscriptions: ResubscriptionCounters,
     /// `esm_invocations_total`.
     pub invocations: InvocationCounters,
 }

@@ -162,7 +162,7 @@ async fn run_inner(
                         failed_invoke = m.failed_invoke_events.get(),
                         delivered_to_destination = m.destination_delivered_events.get(),
                         dropped = m.dropped_events.total(),
-                        fanout_resubscriptions = m.fanout_resubscriptions.get(),
+                        fanout_resubscriptions = m.fanout_resubscriptions.total(),
                         "mapping stopped; its totals since start"
                     );
                     return Ok(());

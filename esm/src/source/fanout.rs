@@ -18,8 +18,9 @@
 //!   machine asks for a page; while it does not, the connection's flow control holds
 //!   the service back.
 //! - **Recoveries** (a dropped connection, `ResourceInUseException`, throttling, any
-//!   passing error) back off with jitter, resubscribe, and are counted in
-//!   `esm_fanout_resubscriptions_total` with the planned renewals.
+//!   passing error) back off with jitter and resubscribe. Each resubscription is
+//!   counted in `esm_fanout_resubscriptions_total` by reason: `expired` (a renewal),
+//!   `connection`, `in_use`, `throttled`, `error`.
 //! - **The end of a closed shard.** Kinesis names the children in the last event
 //!   (`ChildShards`). Not every implementation does, so when a subscription is idle
 //!   (an event with no records and nothing behind) the reader also checks the way the
@@ -91,8 +92,8 @@ pub struct FanOutReader {
     /// Where the next subscription starts after: the last continuation sequence
     /// number (or the last record handed out by an end check).
     continuation: Option<SequenceNumber>,
-    /// Subscriptions made so far (the first is not a resubscription).
-    subscriptions: u64,
+    /// Why the next subscription is made (`None` for the first).
+    resubscribe: Option<Resubscribe>,
     /// Failed attempts in a row, and when the next may be made.
     failures: u32,
     retry_at: Option<Instant>,
@@ -100,6 +101,16 @@ pub struct FanOutReader {
     end_checked: Option<Instant>,
     ended: bool,
     metrics: Arc<MappingMetrics>,
+}
+
+/// Why a shard subscribes again (the `reason` of `esm_fanout_resubscriptions_total`).
+#[derive(Clone, Copy, Debug)]
+enum Resubscribe {
+    Expired,
+    Connection,
+    InUse,
+    Throttled,
+    Error,
 }
 
 /// What one step of reading produced.
@@ -117,7 +128,7 @@ impl FanOutReader {
             config,
             subscription: None,
             continuation: None,
-            subscriptions: 0,
+            resubscribe: None,
             failures: 0,
             retry_at: None,
             end_checked: None,
@@ -126,9 +137,15 @@ impl FanOutReader {
         }
     }
 
-    /// Backs off after a failure: the next attempt waits, and it counts as a recovery.
-    fn failed(&mut self, what: &str, error: &str) -> Step {
+    /// Ends the subscription; the next one is made for `why`.
+    fn end_subscription(&mut self, why: Resubscribe) {
         self.subscription = None;
+        self.resubscribe = Some(why);
+    }
+
+    /// Backs off after a failure: the next attempt waits, and it counts as a recovery.
+    fn failed(&mut self, why: Resubscribe, what: &str, error: &str) -> Step {
+        self.end_subscription(why);
         let delay = RETRY.delay(self.failures, rand::random());
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(Instant::now() + delay);
@@ -161,10 +178,17 @@ impl FanOutReader {
 
     async fn subscribe(&mut self) -> Result<(), Step> {
         let position = self.starting_position().map_err(Step::Stop)?;
-        if self.subscriptions > 0 {
-            self.metrics.fanout_resubscriptions.inc();
+        let counters = &self.metrics.fanout_resubscriptions;
+        match self.resubscribe {
+            None => {}
+            Some(Resubscribe::Expired) => counters.expired.inc(),
+            Some(Resubscribe::Connection) => counters.connection.inc(),
+            Some(Resubscribe::InUse) => counters.in_use.inc(),
+            Some(Resubscribe::Throttled) => counters.throttled.inc(),
+            Some(Resubscribe::Error) => counters.error.inc(),
         }
-        self.subscriptions += 1;
+        // Until this one fails too, the next is a renewal.
+        self.resubscribe = Some(Resubscribe::Expired);
         let result = self
             .client
             .subscribe_to_shard()
@@ -193,10 +217,15 @@ impl FanOutReader {
                     {
                         Step::Stop(SourceError::Fatal(text))
                     }
-                    Some(s) if s.is_resource_in_use_exception() => {
-                        self.failed("the previous subscription is still open", &text)
+                    Some(s) if s.is_resource_in_use_exception() => self.failed(
+                        Resubscribe::InUse,
+                        "the previous subscription is still open",
+                        &text,
+                    ),
+                    Some(s) if s.is_limit_exceeded_exception() => {
+                        self.failed(Resubscribe::Throttled, "SubscribeToShard throttled", &text)
                     }
-                    _ => self.failed("SubscribeToShard failed", &text),
+                    _ => self.failed(Resubscribe::Error, "SubscribeToShard failed", &text),
                 })
             }
         }
@@ -217,7 +246,7 @@ impl FanOutReader {
             .is_some_and(|s| s.opened.elapsed() >= renew)
         {
             // Renewed ahead of Kinesis's own end of the subscription.
-            self.subscription = None;
+            self.end_subscription(Resubscribe::Expired);
         }
         if self.subscription.is_none() {
             if let Err(step) = self.subscribe().await {
@@ -231,7 +260,7 @@ impl FanOutReader {
             Ok(Some(event)) => event,
             Ok(None) => {
                 // Kinesis ended the subscription (after 5 minutes): renew it.
-                self.subscription = None;
+                self.end_subscription(Resubscribe::Expired);
                 return Step::Retry;
             }
             Err(e) => {
@@ -242,7 +271,13 @@ impl FanOutReader {
                 {
                     return Step::Stop(SourceError::NotFound(text));
                 }
-                return self.failed("the subscription failed", &text);
+                let why = match e.as_service_error() {
+                    Some(s) if s.is_resource_in_use_exception() => Resubscribe::InUse,
+                    Some(s) if s.is_kms_throttling_exception() => Resubscribe::Throttled,
+                    Some(_) => Resubscribe::Error,
+                    None => Resubscribe::Connection,
+                };
+                return self.failed(why, "the subscription failed", &text);
             }
         };
         let SubscribeToShardEventStream::SubscribeToShardEvent(event) = received else {
