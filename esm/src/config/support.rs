@@ -70,6 +70,16 @@ pub(crate) fn fan_out(key: &'static str, arn: &EventSourceArn) -> Option<NotYet>
     })
 }
 
+/// `consumer_name`: registering a consumer and reading with enhanced fan-out.
+pub(crate) fn register_consumer(key: &'static str, name: &Option<String>) -> Option<NotYet> {
+    name.as_ref().map(|name| NotYet {
+        at: key.to_string(),
+        key,
+        value: quote(name),
+        why: "enhanced fan-out is not built yet; remove consumer_name to read with GetRecords",
+    })
+}
+
 /// `destination_config`: an S3 bucket as the on-failure destination.
 pub(crate) fn s3_destination(key: &str, destination: &Option<DestinationArn>) -> Option<NotYet> {
     let destination = destination.as_ref()?;
