@@ -7,6 +7,7 @@
 //! source; enhanced fan-out (SubscribeToShard) will be a second one producing the
 //! same pages.
 
+pub mod consumer;
 pub mod discovery;
 pub mod kinesis;
 pub mod polling;
