@@ -107,3 +107,70 @@ async fn every_record_arrives_once_in_order_across_renewed_subscriptions() {
     eprintln!("{totals}");
     assert!(renewals >= SHARDS as u64, "{renewals} renewals: {totals}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumer_name_registers_a_consumer_once_and_reuses_it_on_restart() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "fanout-name", 1).await;
+    let mut put = put_records(&client, &stream, 0, 100, 100, 10).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "fanout-name",
+        &stream,
+        "consumer_name = \"esm-e2e\"\n",
+    );
+
+    // First run: esm registers the consumer and reads through it.
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    wait_for(
+        &mut esm,
+        Duration::from_secs(60),
+        "the first 100 records",
+        |b| count_records(b) >= 100,
+    );
+    assert_eq!(
+        esm.log_count("registered stream consumer"),
+        1,
+        "{}",
+        esm.log_text()
+    );
+    assert!(
+        esm.log_text().contains("esm::source::fanout"),
+        "not read with fan-out"
+    );
+    esm.stop(Duration::from_secs(30));
+
+    // Second run: the same consumer is reused, and reading resumes after the checkpoint.
+    put.extend(put_records(&client, &stream, 100, 100, 100, 10).await);
+    let mut esm = Esm::start(dir.path(), &config, &[]);
+    wait_for(
+        &mut esm,
+        Duration::from_secs(60),
+        "the next 100 records",
+        |b| count_records(b) >= 200,
+    );
+    assert_eq!(
+        esm.log_count("reusing stream consumer"),
+        1,
+        "{}",
+        esm.log_text()
+    );
+    assert_eq!(esm.log_count("registered stream consumer"), 0);
+    let batches = esm.stop(Duration::from_secs(30));
+    assert_eq!(count_records(&batches), 200, "a record was read twice");
+    assert_each_shard_as_put(&seen_by_shard(&batches), &expected_by_shard(&put));
+
+    let consumers = client
+        .list_stream_consumers()
+        .stream_arn(stream_arn(&stream))
+        .send()
+        .await
+        .expect("ListStreamConsumers");
+    let named: Vec<_> = consumers
+        .consumers()
+        .iter()
+        .filter(|c| c.consumer_name() == "esm-e2e")
+        .collect();
+    assert_eq!(named.len(), 1, "{consumers:?}");
+}

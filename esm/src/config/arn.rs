@@ -15,6 +15,9 @@ const EVENT_SOURCE_SHAPES: &str =
 const DESTINATION_SHAPES: &str = "arn:PARTITION:sqs:REGION:ACCOUNT:QUEUE, \
      arn:PARTITION:sns:REGION:ACCOUNT:TOPIC or arn:PARTITION:s3:::BUCKET";
 
+/// The longest Kinesis stream or consumer name.
+pub(crate) const MAX_NAME: usize = 128;
+
 /// A mapping's `event_source_arn`: a Kinesis stream ARN, read with shared
 /// throughput (GetRecords), or a stream consumer ARN, read with enhanced
 /// fan-out (SubscribeToShard). The default, all empty, only stands in for a
@@ -59,7 +62,7 @@ impl EventSourceArn {
             None => (rest, None),
             Some((stream, consumer)) => (stream, Some(consumer)),
         };
-        if !is_resource_name(stream_name, 128) {
+        if !is_resource_name(stream_name, MAX_NAME) {
             return Err(fail(format!(
                 "stream name {} is not 1 to 128 characters of A-Z a-z 0-9 _ . -",
                 quote(stream_name)
@@ -70,7 +73,7 @@ impl EventSourceArn {
                 .strip_prefix("consumer/")
                 .and_then(|c| c.split_once(':'))
                 .is_some_and(|(name, timestamp)| {
-                    is_resource_name(name, 128)
+                    is_resource_name(name, MAX_NAME)
                         && !timestamp.is_empty()
                         && timestamp.bytes().all(|b| b.is_ascii_digit())
                 });
@@ -246,7 +249,7 @@ impl<'a> ArnParts<'a> {
 }
 
 /// A Kinesis stream or consumer name: 1 to `max` of `[A-Za-z0-9_.-]`.
-fn is_resource_name(name: &str, max: usize) -> bool {
+pub(crate) fn is_resource_name(name: &str, max: usize) -> bool {
     !name.is_empty()
         && name.len() <= max
         && name

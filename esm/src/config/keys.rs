@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use super::arn::{DestinationArn, EventSourceArn};
 use super::mapping::{
-    no_function, read_destination, read_event_source, read_filter_criteria, read_function,
-    read_name, read_response_types, read_starting_position, STARTING_POSITION_TIMESTAMP,
+    no_function, read_consumer_name, read_destination, read_event_source, read_filter_criteria,
+    read_function, read_name, read_response_types, read_starting_position,
+    STARTING_POSITION_TIMESTAMP,
 };
 use super::support::{s3_destination, NotYet};
 use super::walk::{Reader, Sink};
@@ -121,6 +122,12 @@ mapping_keys! {
     /// The stream to read, or an enhanced fan-out consumer of it.
     event_source: EventSourceArn { key: "event_source_arn", required: true,
         read: custom(read_event_source), default: EventSourceArn::default() }
+    /// esm extension: with a stream ARN in `event_source_arn`, the enhanced fan-out
+    /// consumer esm registers (or reuses, when one of this name exists) and waits
+    /// for until it is ACTIVE, then reads with: 1 to 128 of `[A-Za-z0-9_.-]`. Not
+    /// allowed when `event_source_arn` is already a consumer ARN.
+    consumer_name: Option<String> { key: "consumer_name",
+        read: custom(read_consumer_name), default: None }
     /// What to invoke: an in-process handler's name, or a `[mapping.function]` table.
     function: FunctionConfig { key: "function", required: true,
         read: custom(read_function), default: no_function() }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use toml::Value;
 
-use super::arn::{DestinationArn, EventSourceArn};
+use super::arn::{is_resource_name, DestinationArn, EventSourceArn, MAX_NAME};
 use super::keys::MAPPING_KEYS;
 use super::problems::quote;
 use super::walk::{child_anchor, describe, Reader, Sink};
@@ -196,6 +196,52 @@ pub(crate) fn read_event_source(
             )
         })
         .ok()
+}
+
+/// Reads `consumer_name` (an esm extension): the enhanced fan-out consumer to
+/// register or reuse, 1 to 128 of `[A-Za-z0-9_.-]` (Kinesis's rule), allowed only
+/// when `event_source_arn` is a stream ARN.
+///
+/// The conflict with a consumer ARN is found here rather than by a `check`, so
+/// that the default (`None`) stands in for the rejected name and it is not also
+/// reported as not supported yet.
+pub(crate) fn read_consumer_name(
+    r: &Reader<'_>,
+    sink: &mut Sink,
+    key: &str,
+) -> Option<Option<String>> {
+    let name = r.string(sink, key)?;
+    if !is_resource_name(name, MAX_NAME) {
+        r.problem(
+            sink,
+            key,
+            format!(
+                "{} is not a valid consumer name (1 to {MAX_NAME} characters of A-Z a-z 0-9 _ . -)",
+                quote(name)
+            ),
+        );
+        return None;
+    }
+    let consumer_arn = r
+        .value("event_source_arn")
+        .and_then(Value::as_str)
+        .and_then(|arn| EventSourceArn::parse(arn).ok())
+        .filter(|arn| arn.consumer.is_some());
+    if let Some(arn) = consumer_arn {
+        r.problem(
+            sink,
+            key,
+            format!(
+                "not allowed when event_source_arn is already a consumer ARN; \
+                 set event_source_arn to the stream ARN ({}) to have esm register or reuse \
+                 consumer {}, or remove consumer_name",
+                arn.stream_arn(),
+                quote(name)
+            ),
+        );
+        return None;
+    }
+    Some(Some(name.to_string()))
 }
 
 /// Reads `function`: a handler name, or a `[mapping.function]` table.

@@ -148,6 +148,7 @@ fn spec_example_parses_to_its_values() {
     assert_eq!(m.on_failure_destination, None);
     assert_eq!(m.get_records_calls_per_second, 5.0);
     assert_eq!(m.shard_discovery_interval, Duration::from_secs(10));
+    assert_eq!(m.consumer_name, None);
     assert_eq!(
         config.summary(),
         "valid: 1 mapping (orders); store local at ./esm-state"
@@ -193,6 +194,7 @@ fn minimal_fixture_gets_every_default() {
     assert_eq!(m.on_failure_destination, None);
     assert_eq!(m.get_records_calls_per_second, 5.0);
     assert_eq!(m.shard_discovery_interval, Duration::from_secs(10));
+    assert_eq!(m.consumer_name, None);
 }
 
 /// Every setting, including those not supported yet.
@@ -239,6 +241,7 @@ destination = "arn:aws:sqs:eu-west-1:123456789012:orders-failures"
 [[mapping]]
 name = "payments"
 event_source_arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/payments"
+consumer_name = "esm-payments"
 function = { name = "payments-handler", timeout_seconds = 900 }
 starting_position = "LATEST"
 tumbling_window_in_seconds = 900
@@ -322,6 +325,8 @@ fn every_setting_is_read() {
     );
     assert_eq!(p.starting_position, StartingPosition::Latest);
     assert_eq!(p.tumbling_window, Duration::from_secs(900));
+    assert_eq!(p.consumer_name.as_deref(), Some("esm-payments"));
+    assert_eq!(m.consumer_name, None);
     assert_eq!(
         config.summary(),
         "valid: 2 mappings (orders disabled, payments); store dynamodb table esm-leases; \
@@ -641,6 +646,87 @@ fn shard_discovery_interval_bounds() {
             ("0", "0 is out of range 1..=3600"),
             ("3601", "3601 is out of range 1..=3600"),
         ],
+    );
+}
+
+#[test]
+fn consumer_name_bounds() {
+    let longest = format!("\"{}\"", "a".repeat(128));
+    let too_long = "a".repeat(129);
+    let rule = "(1 to 128 characters of A-Z a-z 0-9 _ . -)";
+    let problems = |value: &str| validation_problems(&with(&format!("consumer_name = {value}")));
+    for good in ["\"a\"", "\"esm-orders_v2.1\"", longest.as_str()] {
+        assert!(problems(good).is_empty(), "consumer_name = {good}");
+    }
+    for (bad, shown) in [
+        ("\"\"", "\"\""),
+        ("\"my consumer\"", "\"my consumer\""),
+        ("\"esm/orders\"", "\"esm/orders\""),
+        ("\"esm:1\"", "\"esm:1\""),
+        ("\"é\"", "\"é\""),
+        (&format!("\"{too_long}\""), &format!("\"{too_long}\"")),
+    ] {
+        assert_eq!(
+            problems(bad),
+            vec![format!(
+                "mapping[orders].consumer_name: {shown} is not a valid consumer name {rule}"
+            )],
+            "consumer_name = {bad}"
+        );
+    }
+    assert_eq!(
+        problems("5"),
+        vec!["mapping[orders].consumer_name: expected a string, found integer 5"]
+    );
+}
+
+#[test]
+fn consumer_name_is_read() {
+    let (config, problems) = validation(&with("consumer_name = \"esm-orders\""));
+    assert!(problems.is_empty(), "{problems:?}");
+    let m = &config.mappings[0];
+    assert_eq!(m.consumer_name.as_deref(), Some("esm-orders"));
+    assert_eq!(m.event_source.consumer, None);
+    assert_eq!(
+        m.event_source.stream_arn(),
+        "arn:aws:kinesis:us-east-1:000000000000:stream/orders"
+    );
+    // It has landed: accepted as it is.
+    assert!(all_problems(&with("consumer_name = \"esm-orders\"")).is_empty());
+    // A misspelling gets a suggestion.
+    assert_eq!(
+        validation_problems(&with("consumer-name = \"esm-orders\"")),
+        vec!["mapping[orders].consumer-name: unknown key (did you mean consumer_name?)"]
+    );
+}
+
+#[test]
+fn consumer_name_with_a_consumer_arn_is_a_conflict() {
+    let text = with("consumer_name = \"esm-orders\"")
+        .replace("stream/orders\"", "stream/orders/consumer/esm:1700000000\"");
+    let conflict = "mapping[orders].consumer_name: not allowed when event_source_arn is already \
+                    a consumer ARN; set event_source_arn to the stream ARN \
+                    (arn:aws:kinesis:us-east-1:000000000000:stream/orders) to have esm register \
+                    or reuse consumer \"esm-orders\", or remove consumer_name";
+    let (config, problems) = validation(&text);
+    assert_eq!(problems, vec![conflict]);
+    // The rejected name is not kept, so nothing acts on it.
+    assert_eq!(config.mappings[0].consumer_name, None);
+    assert_eq!(all_problems(&text), vec![conflict.to_string()]);
+    // The key comes before event_source_arn in the file: the same conflict.
+    let before = BASE.replace(
+        "event_source_arn = \"arn:aws:kinesis:us-east-1:000000000000:stream/orders\"",
+        "consumer_name = \"esm-orders\"\n\
+         event_source_arn = \"arn:aws:kinesis:us-east-1:000000000000:stream/orders/consumer/esm:1700000000\"",
+    );
+    assert_eq!(validation_problems(&before), vec![conflict]);
+    // An invalid event_source_arn is its own problem; consumer_name is not blamed.
+    let bad_arn = with("consumer_name = \"esm-orders\"").replace("stream/orders\"", "orders\"");
+    let problems = validation_problems(&bad_arn);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("mapping[orders].event_source_arn: "),
+        "{problems:?}"
     );
 }
 

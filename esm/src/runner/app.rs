@@ -13,6 +13,7 @@ use super::{mapping, MappingContext, MappingSpec};
 use crate::config::{Config, FunctionConfig, MappingConfig, Problem, StoreConfig};
 use crate::invoke::{Invoker, Registry, RuntimeApiInvoker, WorkerSettings};
 use crate::metrics::MappingMetrics;
+use crate::source::consumer::ensure_consumer;
 use crate::store::local::LocalStore;
 use crate::store::{CheckpointStore, StoreError};
 
@@ -37,6 +38,9 @@ pub enum RunError {
         reason: String,
     },
 }
+
+/// How long `run` waits for a `consumer_name` consumer to become ACTIVE.
+const CONSUMER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The problems `run` would hit resolving each mapping's function in this binary:
 /// an in-process handler that is not registered, a command whose program does not
@@ -234,6 +238,22 @@ pub async fn run(
             }
         };
         let client = crate::source::kinesis::client(&spec.region).await;
+        let mut spec = spec;
+        if let Some(name) = &m.consumer_name {
+            // esm's extension: register (or reuse) the consumer, then read through it.
+            match ensure_consumer(&client, &spec.stream_arn, name, CONSUMER_WAIT).await {
+                Ok(arn) => spec.consumer_arn = Some(arn),
+                Err(e) => {
+                    mapping_cancel.cancel();
+                    mappings.abort_all();
+                    workers.stop().await;
+                    return Err(RunError::Mapping {
+                        mapping: m.name.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
         let destination = match &m.on_failure_destination {
             Some(arn) => {
                 Some(

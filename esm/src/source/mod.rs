@@ -7,6 +7,7 @@
 //! fan-out (SubscribeToShard) are the two sources; they produce the same pages, so
 //! the shard state machine does not know which one feeds it.
 
+pub mod consumer;
 pub mod discovery;
 pub mod fanout;
 pub mod kinesis;
