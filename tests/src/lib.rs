@@ -5,6 +5,7 @@
 //! every test creates streams with unique names, so tests run in parallel on one
 //! emulator.
 
+pub mod cut_proxy;
 pub mod proxy;
 
 use std::collections::BTreeMap;
