@@ -184,6 +184,10 @@ async fn a_split_while_reading_delivers_the_parent_to_its_end_before_its_childre
         count_records(b) >= 300
     });
 
+    // Let the subscription go idle first: its end-of-shard check then finds the
+    // parent open, so the parent's end must be found by a later check, up to
+    // END_CHECK_INTERVAL (10 s) on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     // More for the parent just before the split: they may reach esm in the
     // subscription's last event or only through its end-of-shard check.
     put.extend(put_records(&client, &stream, 300, 100, 100, 64).await);
