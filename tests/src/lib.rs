@@ -5,6 +5,7 @@
 //! every test creates streams with unique names, so tests run in parallel on one
 //! emulator.
 
+pub mod cut_proxy;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -1110,4 +1111,479 @@ pub fn rerun_until_all_seen(
         all.len() >= total
     });
     esm.stop(Duration::from_secs(30))
+}
+
+// --- Enhanced fan-out ---
+
+/// Registers a consumer of `stream` and waits until it is ACTIVE; returns its ARN.
+pub async fn consumer(client: &Client, stream: &str, name: &str) -> String {
+    use aws_sdk_kinesis::types::ConsumerStatus;
+    let out = client
+        .register_stream_consumer()
+        .stream_arn(stream_arn(stream))
+        .consumer_name(name)
+        .send()
+        .await
+        .expect("RegisterStreamConsumer");
+    let arn = out
+        .consumer()
+        .expect("a consumer")
+        .consumer_arn()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let described = client
+            .describe_stream_consumer()
+            .consumer_arn(&arn)
+            .send()
+            .await
+            .expect("DescribeStreamConsumer");
+        let status = described
+            .consumer_description()
+            .map(|d| d.consumer_status().clone());
+        if status == Some(ConsumerStatus::Active) {
+            return arn;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer {arn} never became ACTIVE ({status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Makes the mapping of the config file at `config` (written for `stream` by
+/// [`write_config`] or its kin) read through `consumer_arn`, with enhanced fan-out.
+pub fn read_through_consumer(config: &Path, stream: &str, consumer_arn: &str) {
+    let text = std::fs::read_to_string(config).expect("read config");
+    let from = format!("event_source_arn = \"{}\"", stream_arn(stream));
+    assert!(
+        text.contains(&from),
+        "{} does not read {stream}",
+        config.display()
+    );
+    let to = format!("event_source_arn = \"{consumer_arn}\"");
+    std::fs::write(config, text.replace(&from, &to)).expect("write config");
+}
+
+/// Writes a config for one mapping of `stream` from its trim horizon, read through
+/// `consumer_arn` ([`write_config_function`], then [`read_through_consumer`]).
+pub fn write_fanout_config(
+    dir: &Path,
+    mapping: &str,
+    stream: &str,
+    consumer_arn: &str,
+    extra: &str,
+    function: &str,
+) -> PathBuf {
+    let config = write_config_function(
+        dir,
+        mapping,
+        stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        extra,
+        function,
+    );
+    read_through_consumer(&config, stream, consumer_arn);
+    config
+}
+
+/// A counter of the totals line esm logs when a mapping stops (`mapping stopped; its
+/// totals since start … NAME=N`), from the log text; panics if there is none.
+pub fn stopped_total(log: &str, name: &str) -> u64 {
+    let totals = log
+        .lines()
+        .find(|l| l.contains("mapping stopped; its totals since start"))
+        .unwrap_or_else(|| panic!("no totals line in the log:\n{log}"));
+    totals
+        .split(&format!("{name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {totals}"))
+}
+
+// --- Resharding ---
+
+/// UpdateShardCount to `target` (uniform scaling).
+pub async fn update_shard_count(client: &Client, stream: &str, target: i32) {
+    client
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(target)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await
+        .expect("UpdateShardCount");
+}
+
+/// Polls ListShards (for up to 30 s) until `found` returns something, then waits
+/// until the stream is active again and returns it; panics with `never` and the
+/// shards if it does not.
+pub async fn wait_for_shards<T>(
+    client: &Client,
+    stream: &str,
+    never: &str,
+    mut found: impl FnMut(&[Shard]) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let shards = list_shards(client, stream).await;
+        if let Some(found) = found(&shards) {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "{never}: {shards:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_active(client, stream).await;
+    found
+}
+
+/// Splits a 1-shard stream into 2 and waits until ListShards shows both children
+/// and the stream is active again; returns (parent, children).
+pub async fn split_in_two(client: &Client, stream: &str) -> (String, Vec<String>) {
+    let parent = list_shards(client, stream).await;
+    assert_eq!(parent.len(), 1);
+    let parent = parent[0].shard_id().to_string();
+    update_shard_count(client, stream, 2).await;
+    let never = format!("the children of {parent} never appeared");
+    let children = wait_for_shards(client, stream, &never, |shards| {
+        let mut children: Vec<String> = shards
+            .iter()
+            .filter(|s| {
+                s.parent_shard_id() == Some(parent.as_str())
+                    || s.adjacent_parent_shard_id() == Some(parent.as_str())
+            })
+            .map(|s| s.shard_id().to_string())
+            .collect();
+        children.sort();
+        (children.len() == 2).then_some(children)
+    })
+    .await;
+    (parent, children)
+}
+
+/// Asserts that the records arrived exactly once, in order per shard, and that every
+/// record of `parent` was delivered (by line in the out file) before any record of
+/// `children`.
+pub fn assert_parent_first(
+    batches: &[BatchLine],
+    put: &[PutRecord],
+    parent: &str,
+    children: &[String],
+) {
+    let expected = expected_by_shard(put);
+    let seen = seen_by_shard(batches);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "records came from other shards than they were put in"
+    );
+    assert_each_shard_as_put(&seen, &expected);
+    let unique: std::collections::HashSet<&str> = seqs(batches).collect();
+    assert_eq!(unique.len(), put.len());
+    assert_eq!(
+        count_records(batches),
+        put.len(),
+        "some record arrived twice"
+    );
+
+    let lines_of = |shard: &str| -> Vec<usize> {
+        batches
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.shard == shard)
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let last_parent_line = lines_of(parent)
+        .into_iter()
+        .max()
+        .expect("no batch from the parent");
+    for child in children {
+        let first_child_line = lines_of(child).into_iter().min();
+        if let Some(first) = first_child_line {
+            assert!(
+                first > last_parent_line,
+                "child {child} was delivered (line {first}) before the parent {parent} was finished (its last line is {last_parent_line})"
+            );
+        }
+    }
+}
+
+// --- Lanes (parallelization_factor) ---
+
+/// What a run with `parallelization_factor = factor` and `batch_size` over `shards`
+/// shards must show, once every record of `put` was seen and nothing failed: exactly
+/// the records put, once each, from their shards, in batches of at most `batch_size`;
+/// each partition key in order; no key in two batches running at once; and per shard
+/// more than one but at most `factor` invocations at once.
+pub fn assert_lanes(
+    batches: &[BatchLine],
+    put: &[PutRecord],
+    shards: usize,
+    factor: usize,
+    batch_size: usize,
+) {
+    assert_shards_as_put(batches, put);
+    assert_eq!(
+        count_records(batches),
+        put.len(),
+        "records were delivered more than once"
+    );
+    let seen: std::collections::HashSet<&str> = seqs(batches).collect();
+    let want: std::collections::HashSet<&str> = put.iter().map(|r| r.seq.as_str()).collect();
+    assert_eq!(seen, want, "the records seen are not the records put");
+    assert!(batches.iter().all(|b| b.records.len() <= batch_size));
+
+    // Per partition key: strictly increasing sequence numbers across all batches.
+    assert_order_per_key("the run", batches);
+
+    // A batch holds one lane's records, and a lane is a set of partition keys: no key
+    // may sit in two batches that ran at the same time.
+    assert_no_key_in_overlapping_batches(batches);
+
+    // Up to `factor` invocations per shard at once, and more than one.
+    let max = max_concurrent_by_shard(batches);
+    eprintln!("most invocations running at once, per shard: {max:?}");
+    assert_eq!(max.len(), shards, "a shard never invoked: {max:?}");
+    for (shard, n) in &max {
+        assert!(
+            *n <= factor,
+            "shard {shard}: {n} invocations at once, above parallelization_factor {factor}"
+        );
+        assert!(
+            *n > 1,
+            "shard {shard}: never more than one invocation at once with parallelization_factor {factor}"
+        );
+    }
+}
+
+/// Asserts that two batches of one shard that ran at the same time (by their
+/// recorded start and end) share no partition key.
+pub fn assert_no_key_in_overlapping_batches(batches: &[BatchLine]) {
+    let mut by_shard: BTreeMap<&str, Vec<&BatchLine>> = BTreeMap::new();
+    for b in batches {
+        by_shard.entry(&b.shard).or_default().push(b);
+    }
+    for (shard, lines) in by_shard {
+        for (i, a) in lines.iter().enumerate() {
+            let keys: std::collections::HashSet<&str> =
+                a.records.iter().map(|r| r.key.as_str()).collect();
+            for b in &lines[i + 1..] {
+                // Strictly overlapping in time (the clock has millisecond resolution,
+                // so a batch that started in the millisecond the other ended is not
+                // counted).
+                if b.started_ms < a.ended_ms && a.started_ms < b.ended_ms {
+                    if let Some(k) = b.records.iter().find(|r| keys.contains(r.key.as_str())) {
+                        panic!(
+                            "shard {shard}: partition key {} in two batches running at once \
+                             ({} and {})",
+                            k.key, a.request_id, b.request_id
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+// --- On-failure destinations ---
+
+/// Asserts that `m` is Lambda's on-failure record for `poison` alone, given up after
+/// bisecting a batch of up to 100 with partial batch failures: the batch info names
+/// the record and the stream, the condition is `RetryAttemptsExhausted`, and the
+/// invoke count covers the whole batch, the halves that held it and its retries.
+pub fn assert_poison_alone(m: &serde_json::Value, poison: &PutRecord, stream: &str) {
+    let info = &m["KinesisBatchInfo"];
+    assert_eq!(info["batchSize"], 1);
+    assert_eq!(info["startSequenceNumber"], poison.seq.as_str());
+    assert_eq!(info["endSequenceNumber"], poison.seq.as_str());
+    assert_eq!(info["shardId"], poison.shard.as_str());
+    assert_eq!(info["streamArn"], stream_arn(stream).as_str());
+    assert_eq!(m["requestContext"]["condition"], "RetryAttemptsExhausted");
+    // Every invocation that carried the record counts: the whole batch, the halves
+    // that held it while bisecting (at most log2(100) + 1), then it alone with its
+    // one retry.
+    let invokes = m["requestContext"]["approximateInvokeCount"]
+        .as_u64()
+        .expect("approximateInvokeCount");
+    assert!(
+        (2..=10).contains(&invokes),
+        "approximateInvokeCount {invokes}"
+    );
+    assert_eq!(
+        m["requestContext"]["functionArn"],
+        format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:recorder").as_str()
+    );
+    assert_eq!(
+        m["responseContext"]["functionError"],
+        serde_json::Value::Null,
+        "partial failures: functionError is null"
+    );
+    assert_eq!(m["version"], "1.0");
+}
+
+// --- Tumbling windows ---
+
+/// Per (shard, window start): records per partition key.
+pub type WindowTotals = BTreeMap<(String, String), BTreeMap<String, u64>>;
+
+/// The start (RFC 3339) of the `window_ms` window a record that arrived at
+/// `arrival_ms` falls in.
+pub fn window_start(arrival_ms: i64, window_ms: i64) -> String {
+    use chrono::TimeZone as _;
+    let start = arrival_ms.div_euclid(window_ms) * window_ms;
+    chrono::Utc
+        .timestamp_millis_opt(start)
+        .single()
+        .expect("a valid time")
+        .to_rfc3339()
+}
+
+/// Puts 5 records (about 50 bytes, `keys` keys) every 250 ms for `duration`, calling
+/// `during` with the count so far after each put; returns them all.
+pub async fn window_traffic(
+    client: &Client,
+    stream: &str,
+    duration: Duration,
+    keys: usize,
+    mut during: impl FnMut(usize),
+) -> Vec<PutRecord> {
+    let mut put = Vec::new();
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        let n = put.len();
+        put.extend(put_records(client, stream, n, 5, 50, keys).await);
+        during(put.len());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    put
+}
+
+/// What the records put add up to per shard and window, by their arrival as the
+/// invocations showed it (every record put must have been seen).
+pub fn expected_window_totals(
+    put: &[PutRecord],
+    lines: &[WindowLine],
+    window_ms: i64,
+) -> WindowTotals {
+    let arrival: std::collections::HashMap<&str, i64> = lines
+        .iter()
+        .flat_map(|l| &l.records)
+        .map(|r| (r.seq.as_str(), r.arrival_ms))
+        .collect();
+    let mut totals = WindowTotals::new();
+    for record in put {
+        let Some(ms) = arrival.get(record.seq.as_str()) else {
+            panic!(
+                "record {} of {} never reached the handler",
+                record.seq, record.shard
+            );
+        };
+        *totals
+            .entry((record.shard.clone(), window_start(*ms, window_ms)))
+            .or_default()
+            .entry(record.key.clone())
+            .or_default() += 1;
+    }
+    totals
+}
+
+/// The totals the last final invocation of each (shard, window) saw.
+pub fn final_window_totals(lines: &[WindowLine]) -> WindowTotals {
+    let mut totals = WindowTotals::new();
+    for line in lines.iter().filter(|l| l.is_final) {
+        totals.insert(
+            (line.shard.clone(), line.start.clone()),
+            line.state_out.clone(),
+        );
+    }
+    totals
+}
+
+/// Waits (up to 90 s) until every (shard, window) that received records has had a
+/// final invocation; returns every line of the windows file at `path`.
+pub fn wait_for_final_invocations(
+    esm: &mut Esm,
+    path: &Path,
+    put: &[PutRecord],
+    window_ms: i64,
+) -> Vec<WindowLine> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        esm.assert_running();
+        let lines = read_window_lines(path);
+        let seen: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .flat_map(|l| &l.records)
+            .map(|r| r.seq.as_str())
+            .collect();
+        if put.iter().all(|r| seen.contains(r.seq.as_str())) {
+            let expected = expected_window_totals(put, &lines, window_ms);
+            let finals = final_window_totals(&lines);
+            if expected.keys().all(|k| finals.contains_key(k)) {
+                return lines;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every window had its final invocation; log:\n{}",
+            esm.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Asserts that the final invocation of every (shard, window) carried exactly the
+/// records put into it, per key; returns those totals.
+pub fn assert_window_totals(
+    put: &[PutRecord],
+    lines: &[WindowLine],
+    window_ms: i64,
+) -> WindowTotals {
+    let expected = expected_window_totals(put, lines, window_ms);
+    let finals = final_window_totals(lines);
+    for (key, totals) in &expected {
+        assert_eq!(finals.get(key), Some(totals), "window {key:?}");
+    }
+    expected
+}
+
+/// What one uninterrupted windowed run must also show: every invocation of a window
+/// was passed the state the previous one returned; a batch never spans two windows;
+/// and the last window of each shard ended without a new record (a read issued after
+/// its end found the shard caught up), with a final invocation of no records.
+pub fn assert_window_invocations(lines: &[WindowLine], expected: &WindowTotals, window_ms: i64) {
+    let mut last_state: std::collections::HashMap<(String, String), BTreeMap<String, u64>> =
+        std::collections::HashMap::new();
+    for line in lines {
+        let key = (line.shard.clone(), line.start.clone());
+        let want = last_state.get(&key).cloned().unwrap_or_default();
+        assert_eq!(line.state_in, want, "state passed into {key:?}");
+        last_state.insert(key, line.state_out.clone());
+    }
+    for line in lines {
+        assert!(
+            line.records
+                .iter()
+                .all(|r| window_start(r.arrival_ms, window_ms) == line.start),
+            "a batch of {} spans windows",
+            line.start
+        );
+    }
+    let shards: std::collections::BTreeSet<&String> = expected.keys().map(|(s, _)| s).collect();
+    for shard in shards {
+        let last = expected
+            .keys()
+            .filter(|(s, _)| s == shard)
+            .max()
+            .expect("a window of the shard");
+        assert!(
+            lines.iter().any(|l| l.is_final
+                && l.records.is_empty()
+                && (&l.shard, &l.start) == (&last.0, &last.1)),
+            "shard {shard}: the last window had no final invocation without records"
+        );
+    }
 }

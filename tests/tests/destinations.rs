@@ -41,34 +41,7 @@ async fn the_poison_record_alone_lands_in_the_sqs_queue() {
     let batches = esm.stop(Duration::from_secs(30));
     assert_eq!(count_records(&batches), 4_999);
 
-    let m = &messages[0];
-    let info = &m["KinesisBatchInfo"];
-    assert_eq!(info["batchSize"], 1);
-    assert_eq!(info["startSequenceNumber"], poison.seq.as_str());
-    assert_eq!(info["endSequenceNumber"], poison.seq.as_str());
-    assert_eq!(info["shardId"], poison.shard.as_str());
-    assert_eq!(info["streamArn"], stream_arn(&stream).as_str());
-    assert_eq!(m["requestContext"]["condition"], "RetryAttemptsExhausted");
-    // Every invocation that carried the record counts: the whole batch, the halves
-    // that held it while bisecting (at most log2(100) + 1), then it alone with its
-    // one retry.
-    let invokes = m["requestContext"]["approximateInvokeCount"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        (2..=10).contains(&invokes),
-        "approximateInvokeCount {invokes}"
-    );
-    assert_eq!(
-        m["requestContext"]["functionArn"],
-        format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:recorder").as_str()
-    );
-    assert_eq!(
-        m["responseContext"]["functionError"],
-        serde_json::Value::Null,
-        "partial failures: functionError is null"
-    );
-    assert_eq!(m["version"], "1.0");
+    assert_poison_alone(&messages[0], &poison, &stream);
     // No other message.
     assert!(receive_now(&sqs, &url, 10).await.is_empty());
 }

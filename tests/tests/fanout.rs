@@ -3,49 +3,12 @@
 //! function exactly once, in order per shard, across renewed subscriptions.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_sdk_kinesis::types::ConsumerStatus;
 use esm_e2e::*;
 
 const SHARDS: i32 = 3;
 const RECORDS: usize = 10_000;
-
-/// Registers a consumer of `stream` and waits until it is ACTIVE; returns its ARN.
-async fn consumer(client: &aws_sdk_kinesis::Client, stream: &str, name: &str) -> String {
-    let out = client
-        .register_stream_consumer()
-        .stream_arn(stream_arn(stream))
-        .consumer_name(name)
-        .send()
-        .await
-        .expect("RegisterStreamConsumer");
-    let arn = out
-        .consumer()
-        .expect("a consumer")
-        .consumer_arn()
-        .to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let described = client
-            .describe_stream_consumer()
-            .consumer_arn(&arn)
-            .send()
-            .await
-            .expect("DescribeStreamConsumer");
-        let status = described
-            .consumer_description()
-            .map(|d| d.consumer_status().clone());
-        if status == Some(ConsumerStatus::Active) {
-            return arn;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "consumer {arn} never became ACTIVE ({status:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_record_arrives_once_in_order_across_renewed_subscriptions() {
@@ -57,14 +20,14 @@ async fn every_record_arrives_once_in_order_across_renewed_subscriptions() {
     let mut put = put_records(&client, &stream, 0, RECORDS / 2, 100, 50).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
+    let config = write_fanout_config(
         dir.path(),
         "fanout",
         &stream,
+        &consumer_arn,
         "batch_size = 500\nfan_out_resubscribe_seconds = 10\n",
+        "function = \"recorder\"\n",
     );
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, text.replace(&stream_arn(&stream), &consumer_arn)).unwrap();
     let mut esm = Esm::start(dir.path(), &config, &[]);
     put.extend(put_records(&client, &stream, RECORDS / 2, RECORDS / 2, 100, 50).await);
     assert_eq!(put.len(), RECORDS);
@@ -93,19 +56,12 @@ async fn every_record_arrives_once_in_order_across_renewed_subscriptions() {
     assert_each_shard_as_put(&seen_by_shard(&batches), &expected_by_shard(&put));
 
     // The subscriptions were renewed (every 10 s), and the renewals counted.
-    let text = std::fs::read_to_string(log).unwrap();
-    let totals = text
-        .lines()
-        .find(|l| l.contains("mapping stopped; its totals since start"))
-        .unwrap_or_else(|| panic!("no totals line in the log:\n{text}"));
-    let renewals: u64 = totals
-        .split("fanout_resubscriptions=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no fanout_resubscriptions in {totals}"));
-    eprintln!("{totals}");
-    assert!(renewals >= SHARDS as u64, "{renewals} renewals: {totals}");
+    let renewals = stopped_total(
+        &std::fs::read_to_string(log).unwrap(),
+        "fanout_resubscriptions",
+    );
+    eprintln!("fanout_resubscriptions={renewals}");
+    assert!(renewals >= SHARDS as u64, "{renewals} renewals");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -40,68 +40,7 @@ async fn lanes_run_concurrently_and_keep_each_partition_key_in_order() {
     );
     let batches = esm.stop(Duration::from_secs(30));
 
-    // Exactly the records put, each once (nothing failed, so nothing is repeated),
-    // each from the shard Kinesis put it in, in batches of at most batch_size.
-    assert_shards_as_put(&batches, &put);
-    assert_eq!(
-        count_records(&batches),
-        RECORDS,
-        "records were delivered more than once"
-    );
-    let seen: HashSet<&str> = seqs(&batches).collect();
-    let want: HashSet<&str> = put.iter().map(|r| r.seq.as_str()).collect();
-    assert_eq!(seen, want, "the records seen are not the records put");
-    assert!(batches.iter().all(|b| b.records.len() <= BATCH_SIZE));
-
-    // Per partition key: strictly increasing sequence numbers across all batches.
-    assert_order_per_key("the run", &batches);
-
-    // A batch holds one lane's records, and a lane is a set of partition keys: no key
-    // may sit in two batches that ran at the same time.
-    assert_no_key_in_overlapping_batches(&batches);
-
-    // Up to FACTOR invocations per shard at once, and more than one.
-    let max = max_concurrent_by_shard(&batches);
-    eprintln!("most invocations running at once, per shard: {max:?}");
-    assert_eq!(max.len(), SHARDS as usize, "a shard never invoked: {max:?}");
-    for (shard, n) in &max {
-        assert!(
-            *n <= FACTOR,
-            "shard {shard}: {n} invocations at once, above parallelization_factor {FACTOR}"
-        );
-        assert!(
-            *n > 1,
-            "shard {shard}: never more than one invocation at once with parallelization_factor {FACTOR}"
-        );
-    }
-}
-
-/// Asserts that two batches of one shard that ran at the same time (by their
-/// recorded start and end) share no partition key.
-fn assert_no_key_in_overlapping_batches(batches: &[BatchLine]) {
-    let mut by_shard: BTreeMap<&str, Vec<&BatchLine>> = BTreeMap::new();
-    for b in batches {
-        by_shard.entry(&b.shard).or_default().push(b);
-    }
-    for (shard, lines) in by_shard {
-        for (i, a) in lines.iter().enumerate() {
-            let keys: HashSet<&str> = a.records.iter().map(|r| r.key.as_str()).collect();
-            for b in &lines[i + 1..] {
-                // Strictly overlapping in time (the clock has millisecond resolution,
-                // so a batch that started in the millisecond the other ended is not
-                // counted).
-                if b.started_ms < a.ended_ms && a.started_ms < b.ended_ms {
-                    if let Some(k) = b.records.iter().find(|r| keys.contains(r.key.as_str())) {
-                        panic!(
-                            "shard {shard}: partition key {} in two batches running at once \
-                             ({} and {})",
-                            k.key, a.request_id, b.request_id
-                        );
-                    }
-                }
-            }
-        }
-    }
+    assert_lanes(&batches, &put, SHARDS as usize, FACTOR, BATCH_SIZE);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,68 +4,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_sdk_kinesis::types::{ScalingType, Shard};
 use aws_sdk_kinesis::Client;
 use esm_e2e::*;
-
-/// Splits the 1-shard stream into 2 and waits until ListShards shows both children
-/// and the stream is active again; returns (parent, children).
-async fn split_in_two(client: &Client, stream: &str) -> (String, Vec<String>) {
-    let parent = list_shards(client, stream).await;
-    assert_eq!(parent.len(), 1);
-    let parent = parent[0].shard_id().to_string();
-    update_shard_count(client, stream, 2).await;
-    let never = format!("the children of {parent} never appeared");
-    let children = wait_for_shards(client, stream, &never, |shards| {
-        let mut children: Vec<String> = shards
-            .iter()
-            .filter(|s| {
-                s.parent_shard_id() == Some(parent.as_str())
-                    || s.adjacent_parent_shard_id() == Some(parent.as_str())
-            })
-            .map(|s| s.shard_id().to_string())
-            .collect();
-        children.sort();
-        (children.len() == 2).then_some(children)
-    })
-    .await;
-    (parent, children)
-}
-
-/// Polls ListShards (for up to 30 s) until `found` returns something, then waits
-/// until the stream is active again and returns it; panics with `never` and the
-/// shards if it does not.
-async fn wait_for_shards<T>(
-    client: &Client,
-    stream: &str,
-    never: &str,
-    mut found: impl FnMut(&[Shard]) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let found = loop {
-        let shards = list_shards(client, stream).await;
-        if let Some(found) = found(&shards) {
-            break found;
-        }
-        assert!(Instant::now() < deadline, "{never}: {shards:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    wait_active(client, stream).await;
-    found
-}
-
-async fn update_shard_count(client: &Client, stream: &str, target: i32) {
-    client
-        .update_shard_count()
-        .stream_name(stream)
-        .target_shard_count(target)
-        .scaling_type(ScalingType::UniformScaling)
-        .send()
-        .await
-        .expect("UpdateShardCount");
-}
 
 /// Merges the 2-shard stream into 1 and waits until ListShards shows the child of
 /// both and the stream is active again; returns (parents, child).
@@ -95,54 +37,6 @@ async fn merge_into_one(client: &Client, stream: &str) -> (Vec<String>, String) 
     })
     .await;
     (parents, child)
-}
-
-/// Asserts that the records arrived exactly once, in order per shard, and that every
-/// record of `parent` was delivered (by line in the out file) before any record of
-/// `children`.
-fn assert_parent_first(
-    batches: &[BatchLine],
-    put: &[PutRecord],
-    parent: &str,
-    children: &[String],
-) {
-    let expected = expected_by_shard(put);
-    let seen = seen_by_shard(batches);
-    assert_eq!(
-        seen.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "records came from other shards than they were put in"
-    );
-    assert_each_shard_as_put(&seen, &expected);
-    let unique: HashSet<&str> = seqs(batches).collect();
-    assert_eq!(unique.len(), put.len());
-    assert_eq!(
-        count_records(batches),
-        put.len(),
-        "some record arrived twice"
-    );
-
-    let lines_of = |shard: &str| -> Vec<usize> {
-        batches
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.shard == shard)
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let last_parent_line = lines_of(parent)
-        .into_iter()
-        .max()
-        .expect("no batch from the parent");
-    for child in children {
-        let first_child_line = lines_of(child).into_iter().min();
-        if let Some(first) = first_child_line {
-            assert!(
-                first > last_parent_line,
-                "child {child} was delivered (line {first}) before the parent {parent} was finished (its last line is {last_parent_line})"
-            );
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
