@@ -59,6 +59,16 @@
 //! (reading, batching, invoking).
 //!
 //! `--consumers` picks and orders them (default: all five).
+//!
+//! # Output
+//!
+//! A table of p50, p90, p99 and max per consumer with the records received out of
+//! those put; notes on how the records came (records per GetRecords page, per pushed
+//! event, per invocation; the time between pushed events; how long calls took); and
+//! one line for the README. The producer's PutRecord times are noted too: puts that
+//! start late mean a slow emulator (e.g. one shared with a test suite running at the
+//! same time), and a warning says so, because that inflates every figure. A private
+//! emulator: `ESM_EMULATORS_DIR=… ESM_KINESIS_PORT=… scripts/emulators.sh start`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +120,12 @@ struct Args {
     /// the first calls to a freshly started emulator take seconds (Node warming up).
     #[arg(long, default_value_t = 30)]
     emulator_warmup_records: usize,
+    /// esm's log filter (`ESM_LOG`): above `info`, logging adds its own cost.
+    #[arg(long, default_value = "info")]
+    esm_log: String,
+    /// Keep each esm run's directory (config, recorder output, log) and print where.
+    #[arg(long)]
+    keep_esm_dirs: bool,
     /// The consumers to measure, in this order.
     #[arg(
         long,
@@ -161,6 +177,11 @@ struct Put {
     seq: String,
     /// Wall-clock ms just before the PutRecord call.
     put_ms: u64,
+    /// How long the PutRecord call took, in ms.
+    call_ms: u64,
+    /// How late the call started after its slot, in ms (a slow emulator delays the
+    /// puts that follow a slow call).
+    late_ms: u64,
 }
 
 /// When each record (by sequence number) first reached the consumer, in wall-clock ms.
@@ -196,6 +217,28 @@ struct Figures {
 }
 
 impl Measurement {
+    /// Puts that started more than half an interval after their slot.
+    fn late_puts(&self, interval_ms: u64) -> usize {
+        self.puts
+            .iter()
+            .filter(|p| p.late_ms > interval_ms / 2)
+            .count()
+    }
+
+    /// How the producer fared: PutRecord times and late puts.
+    fn producer_note(&self, interval_ms: u64) -> String {
+        let mut call_ms: Vec<u64> = self.puts.iter().map(|p| p.call_ms).collect();
+        call_ms.sort_unstable();
+        let late = self.late_puts(interval_ms);
+        format!(
+            "PutRecord took {} ms (median), {} ms at most; {late} puts started over {} ms \
+             after their slot",
+            call_ms.get(call_ms.len() / 2).copied().unwrap_or(0),
+            call_ms.last().copied().unwrap_or(0),
+            interval_ms / 2
+        )
+    }
+
     fn figures(&self, warmup_ms: u64) -> Option<Figures> {
         let cutoff = self.produce_started_ms + warmup_ms;
         let mut latencies: Vec<i64> = self
@@ -329,7 +372,9 @@ async fn produce(client: &Client, stream: &str, args: &Args) -> Result<(u64, Vec
     let mut puts = Vec::with_capacity(args.records);
     for i in 0..args.records {
         let jitter = Duration::from_millis(random_in(0, args.jitter_ms as usize + 1) as u64);
-        tokio::time::sleep_until(start + interval * i as u32 + jitter).await;
+        let slot = start + interval * i as u32 + jitter;
+        tokio::time::sleep_until(slot).await;
+        let called = Instant::now();
         let put_ms = now_ms();
         let out = client
             .put_record()
@@ -342,6 +387,8 @@ async fn produce(client: &Client, stream: &str, args: &Args) -> Result<(u64, Vec
         puts.push(Put {
             seq: out.sequence_number().to_string(),
             put_ms,
+            call_ms: called.elapsed().as_millis() as u64,
+            late_ms: called.saturating_duration_since(slot).as_millis() as u64,
         });
     }
     Ok((started_ms, puts))
@@ -817,11 +864,13 @@ async fn esm_run(
     recorder_path()?;
     let dir = tempfile::tempdir().context("a temporary directory")?;
     let config = write_esm_config(dir.path(), source_arn, args.batch_size)?;
-    // Info-level logs: debug logging would add its own cost to every batch. The
-    // recorder's second handler opens its file even when unused: keep it in `dir`.
+    // The recorder's second handler opens its file even when unused: keep it in `dir`.
     let windows = dir.path().join("windows.jsonl");
     let windows = windows.to_string_lossy();
-    let env = [("ESM_LOG", "info"), ("RECORDER_WINDOWS", windows.as_ref())];
+    let env = [
+        ("ESM_LOG", args.esm_log.as_str()),
+        ("RECORDER_WINDOWS", windows.as_ref()),
+    ];
     let mut esm = Esm::start(dir.path(), &config, &env);
 
     let deadline = Instant::now() + READY_TIMEOUT;
@@ -873,6 +922,9 @@ async fn esm_run(
             "esm exited with {status} on SIGTERM; log:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
+    }
+    if args.keep_esm_dirs {
+        eprintln!("latency: esm's files kept in {}", dir.keep().display());
     }
     let batches = read_batches(&out);
     let sizes: Vec<usize> = batches.iter().map(|b| b.records.len()).collect();
@@ -969,12 +1021,30 @@ fn report(args: &Args, rows: &[(Consumer, Outcome)]) {
         if let Outcome::Measured(m) = outcome {
             let measured = m.figures(args.warmup_ms).map_or(0, |f| f.measured);
             println!(
-                "note: {}: {} records in the percentiles; {}",
+                "note: {}: {} records in the percentiles; {}; {}",
                 consumer.label(),
                 measured,
-                m.notes.join("; ")
+                m.notes.join("; "),
+                m.producer_note(args.interval_ms)
             );
         }
+    }
+    let late: usize = rows
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Outcome::Measured(m) => Some(m),
+            Outcome::Unavailable(_) => None,
+        })
+        .map(|m| m.late_puts(args.interval_ms))
+        .sum();
+    if late > 0 {
+        println!(
+            "warning: {late} puts started over {} ms after their slot: the emulator (or the \
+             machine) was slow, which inflates every figure; is something else using this \
+             emulator? (a private one: ESM_EMULATORS_DIR, ESM_KINESIS_PORT, see \
+             scripts/emulators.sh)",
+            args.interval_ms / 2
+        );
     }
     println!();
     println!(
