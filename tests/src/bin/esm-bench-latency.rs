@@ -18,8 +18,8 @@
 //! (default 2 s) of the producer's run are left out of the percentiles (a
 //! consumer's first calls pay connection set-up), but counted in "received". Before
 //! the first consumer, a throwaway bare GetRecords run (`--emulator-warmup-records`,
-//! not reported) warms the emulator up: a freshly started kinesis-local answers its
-//! first calls seconds late.
+//! not reported) warms the emulator up: a freshly started kinesis-local can answer
+//! its first calls late (seconds, once, here).
 //!
 //! With puts exactly every 100 ms and a poller calling every 200 ms or every second,
 //! the phase between the two stays the same for the whole run, so a poller's p50
@@ -171,6 +171,10 @@ const GET_RECORDS_LIMIT: i32 = 10_000;
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The sign esm logs when a shard's reader starts.
 const ESM_READY_LINE: &str = "reading shard";
+/// How long esm may run without logging [`ESM_READY_LINE`] before the producer
+/// starts anyway (a reader that logs otherwise; nothing is lost: it reads from the
+/// trim horizon).
+const ESM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One record the producer put.
 struct Put {
@@ -873,7 +877,7 @@ async fn esm_run(
     ];
     let mut esm = Esm::start(dir.path(), &config, &env);
 
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let deadline = Instant::now() + ESM_READY_TIMEOUT;
     loop {
         if let Some(status) = esm.exit_status().context("esm's exit status")? {
             let log = esm.log_text();
@@ -891,10 +895,12 @@ async fn esm_run(
             break;
         }
         if Instant::now() >= deadline {
-            bail!(
-                "esm did not log {ESM_READY_LINE:?} within 30 s; log:\n{}",
-                esm.log_text()
+            eprintln!(
+                "latency: esm runs but did not log {ESM_READY_LINE:?} within {} s; \
+                 putting anyway",
+                ESM_READY_TIMEOUT.as_secs()
             );
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1029,20 +1035,20 @@ fn report(args: &Args, rows: &[(Consumer, Outcome)]) {
             );
         }
     }
-    let late: usize = rows
-        .iter()
-        .filter_map(|(_, o)| match o {
-            Outcome::Measured(m) => Some(m),
-            Outcome::Unavailable(_) => None,
-        })
-        .map(|m| m.late_puts(args.interval_ms))
-        .sum();
-    if late > 0 {
+    let measured = rows.iter().filter_map(|(_, o)| match o {
+        Outcome::Measured(m) => Some(m),
+        Outcome::Unavailable(_) => None,
+    });
+    let (late, total) = measured.fold((0, 0), |(late, total), m| {
+        (late + m.late_puts(args.interval_ms), total + m.puts.len())
+    });
+    // A few late puts are the machine's hiccups; more than 1% is a slow emulator.
+    if late * 100 > total {
         println!(
-            "warning: {late} puts started over {} ms after their slot: the emulator (or the \
-             machine) was slow, which inflates every figure; is something else using this \
-             emulator? (a private one: ESM_EMULATORS_DIR, ESM_KINESIS_PORT, see \
-             scripts/emulators.sh)",
+            "warning: {late} of {total} puts started over {} ms after their slot: the \
+             emulator (or the machine) was slow, which inflates the figures; is something \
+             else using this emulator? (a private one: ESM_EMULATORS_DIR, ESM_KINESIS_PORT, \
+             see scripts/emulators.sh)",
             args.interval_ms / 2
         );
     }
