@@ -1587,3 +1587,12 @@ pub fn assert_window_invocations(lines: &[WindowLine], expected: &WindowTotals, 
         );
     }
 }
+
+impl Esm {
+    /// The exit status if the process has exited, without waiting or panicking
+    /// (`None` while it runs): for callers that treat an early exit as an answer,
+    /// e.g. a benchmark noticing that a build refuses a setting.
+    pub fn exit_status(&mut self) -> std::io::Result<Option<ExitStatus>> {
+        self.child.try_wait()
+    }
+}
