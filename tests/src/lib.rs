@@ -1550,6 +1550,41 @@ pub fn assert_window_totals(
     expected
 }
 
+/// One tumbling-window run end to end: puts window traffic (`keys` keys) for
+/// `duration` while `esm` runs the `windows` handler (its lines in `windows`), waits
+/// for every window's final invocation, stops esm, and checks the final totals and
+/// every invocation. At least `min_windows` (shard, window) pairs must have had
+/// records.
+#[allow(clippy::too_many_arguments)]
+pub async fn check_window_run(
+    client: &Client,
+    stream: &str,
+    mut esm: Esm,
+    windows: &Path,
+    duration: Duration,
+    keys: usize,
+    window_ms: i64,
+    min_windows: usize,
+) {
+    let put = window_traffic(client, stream, duration, keys, |_| {}).await;
+    let lines = wait_for_final_invocations(&mut esm, windows, &put, window_ms);
+    esm.stop(Duration::from_secs(30));
+    let expected = assert_window_totals(&put, &lines, window_ms);
+    eprintln!(
+        "{} records, {} invocations, {} windows with records, {} final invocations",
+        put.len(),
+        lines.len(),
+        expected.len(),
+        lines.iter().filter(|l| l.is_final).count()
+    );
+    assert!(
+        expected.len() >= min_windows,
+        "{} windows with records, fewer than {min_windows}",
+        expected.len()
+    );
+    assert_window_invocations(&lines, &expected, window_ms);
+}
+
 /// What one uninterrupted windowed run must also show: every invocation of a window
 /// was passed the state the previous one returned; a batch never spans two windows;
 /// and the last window of each shard ended without a new record (a read issued after

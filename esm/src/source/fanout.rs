@@ -38,7 +38,7 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 
-use super::kinesis::{describe, to_record};
+use super::kinesis::describe;
 use super::{Page, ReadFrom, ReadOutcome, ShardSource, SourceError};
 use crate::core::backoff::Backoff;
 use crate::core::record::{Record, SequenceNumber};
@@ -316,15 +316,7 @@ impl FanOutReader {
 
     /// Converts an event's records, skipping (with a log line) malformed ones.
     fn records(&self, raw: Vec<aws_sdk_kinesis::types::Record>) -> Vec<Record> {
-        let mut records = Vec::with_capacity(raw.len());
-        for r in raw {
-            match to_record(r) {
-                Some(record) => records.push(record),
-                None => tracing::error!(
-                    "SubscribeToShard sent a record with a malformed sequence number; skipping it"
-                ),
-            }
-        }
+        let records = super::convert_records(raw, "SubscribeToShard");
         self.metrics.polled_events.add(records.len() as u64);
         records
     }
@@ -341,21 +333,23 @@ impl FanOutReader {
             return;
         }
         self.end_checked = Some(Instant::now());
-        let request = self
-            .client
-            .get_shard_iterator()
-            .stream_arn(&self.config.stream_arn)
-            .shard_id(&self.config.shard_id);
-        let request = match (&self.continuation, &self.config.from) {
-            (Some(seq), _) | (None, ReadFrom::AfterSequence(seq)) => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
-            (None, ReadFrom::AtSequence(seq)) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
+        if self.continuation.is_none()
+            && !matches!(
+                self.config.from,
+                ReadFrom::AfterSequence(_) | ReadFrom::AtSequence(_)
+            )
+        {
             // Nothing read yet from a position in time: the subscription will tell.
-            (None, _) => return,
-        };
+            return;
+        }
+        let request = super::iterator_from(
+            self.client
+                .get_shard_iterator()
+                .stream_arn(&self.config.stream_arn)
+                .shard_id(&self.config.shard_id),
+            self.continuation.as_ref(),
+            &self.config.from,
+        );
         let iterator = match request.send().await {
             Ok(out) => out.shard_iterator,
             Err(e) => {
@@ -404,13 +398,7 @@ impl FanOutReader {
 
 impl ShardSource for FanOutReader {
     fn wait_turn(&mut self) -> BoxFuture<'_, ()> {
-        let at = self.retry_at.take();
-        async move {
-            if let Some(at) = at {
-                tokio::time::sleep_until(at.into()).await;
-            }
-        }
-        .boxed()
+        super::wait_until(self.retry_at.take())
     }
 
     fn read(&mut self) -> BoxFuture<'_, ReadOutcome> {

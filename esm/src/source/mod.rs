@@ -13,7 +13,14 @@ pub mod fanout;
 pub mod kinesis;
 pub mod polling;
 
+use std::time::Instant;
+
+use aws_sdk_kinesis::operation::get_shard_iterator::builders::GetShardIteratorFluentBuilder;
+use aws_sdk_kinesis::types::ShardIteratorType;
 use futures::future::BoxFuture;
+use futures::FutureExt as _;
+
+use crate::core::record::{Record, SequenceNumber};
 
 pub use crate::core::shard::{Page, ReadFrom};
 
@@ -35,6 +42,57 @@ pub trait ShardSource: Send + 'static {
     fn wait_turn(&mut self) -> BoxFuture<'_, ()>;
     /// Makes one read.
     fn read(&mut self) -> BoxFuture<'_, ReadOutcome>;
+}
+
+/// A reader's [`ShardSource::wait_turn`]: sleeps until `at`, at once without one.
+fn wait_until(at: Option<Instant>) -> BoxFuture<'static, ()> {
+    async move {
+        if let Some(at) = at {
+            tokio::time::sleep_until(at.into()).await;
+        }
+    }
+    .boxed()
+}
+
+/// Sets where a GetShardIterator request starts: right after `after` (the last
+/// record a reader handed out) when there is one, else at `from`.
+fn iterator_from(
+    request: GetShardIteratorFluentBuilder,
+    after: Option<&SequenceNumber>,
+    from: &ReadFrom,
+) -> GetShardIteratorFluentBuilder {
+    match (after, from) {
+        (Some(seq), _) | (None, ReadFrom::AfterSequence(seq)) => request
+            .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+            .starting_sequence_number(seq.as_str()),
+        (None, ReadFrom::AtSequence(seq)) => request
+            .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+            .starting_sequence_number(seq.as_str()),
+        (None, ReadFrom::TrimHorizon) => {
+            request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+        }
+        (None, ReadFrom::Latest) => request.shard_iterator_type(ShardIteratorType::Latest),
+        (None, ReadFrom::AtTimestamp(t)) => request
+            .shard_iterator_type(ShardIteratorType::AtTimestamp)
+            .timestamp(aws_smithy_types::DateTime::from_millis(
+                t.timestamp_millis(),
+            )),
+    }
+}
+
+/// Kinesis's records as esm's, skipping (with a log line naming `call`) any whose
+/// sequence number is malformed.
+fn convert_records(raw: Vec<aws_sdk_kinesis::types::Record>, call: &str) -> Vec<Record> {
+    let mut records = Vec::with_capacity(raw.len());
+    for r in raw {
+        match kinesis::to_record(r) {
+            Some(record) => records.push(record),
+            None => tracing::error!(
+                "{call} returned a record with a malformed sequence number; skipping it"
+            ),
+        }
+    }
+    records
 }
 
 /// Why a reader stopped for good.

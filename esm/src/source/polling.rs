@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_kinesis::error::ProvideErrorMetadata as _;
-use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
@@ -72,13 +71,7 @@ impl PollingReader {
 
 impl ShardSource for PollingReader {
     fn wait_turn(&mut self) -> BoxFuture<'_, ()> {
-        let at = self.pacer.next_call_at();
-        async move {
-            if let Some(at) = at {
-                tokio::time::sleep_until(at.into()).await;
-            }
-        }
-        .boxed()
+        super::wait_until(self.pacer.next_call_at())
     }
 
     fn read(&mut self) -> BoxFuture<'_, ReadOutcome> {
@@ -119,28 +112,14 @@ impl ShardSource for PollingReader {
 
 impl PollingReader {
     async fn fresh_iterator(&mut self) -> Result<String, Failure> {
-        let mut request = self
-            .client
-            .get_shard_iterator()
-            .stream_arn(&self.config.stream_arn)
-            .shard_id(&self.config.shard_id);
-        request = match (&self.last_read, &self.config.from) {
-            (Some(seq), _) | (None, ReadFrom::AfterSequence(seq)) => request
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
-            (None, ReadFrom::AtSequence(seq)) => request
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(seq.as_str()),
-            (None, ReadFrom::TrimHorizon) => {
-                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
-            }
-            (None, ReadFrom::Latest) => request.shard_iterator_type(ShardIteratorType::Latest),
-            (None, ReadFrom::AtTimestamp(t)) => request
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(aws_smithy_types::DateTime::from_millis(
-                    t.timestamp_millis(),
-                )),
-        };
+        let request = super::iterator_from(
+            self.client
+                .get_shard_iterator()
+                .stream_arn(&self.config.stream_arn)
+                .shard_id(&self.config.shard_id),
+            self.last_read.as_ref(),
+            &self.config.from,
+        );
         match request.send().await {
             Ok(out) => match out.shard_iterator {
                 Some(it) => Ok(it),
@@ -222,15 +201,7 @@ impl PollingReader {
             }
         };
         self.metrics.get_records.ok.inc();
-        let mut records = Vec::with_capacity(out.records.len());
-        for r in out.records {
-            match super::kinesis::to_record(r) {
-                Some(record) => records.push(record),
-                None => tracing::error!(
-                    "GetRecords returned a record with a malformed sequence number; skipping it"
-                ),
-            }
-        }
+        let records = super::convert_records(out.records, "GetRecords");
         if let Some(last) = records.last() {
             self.last_read = Some(last.sequence().clone());
         }
