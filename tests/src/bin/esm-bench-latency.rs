@@ -832,30 +832,6 @@ fn recorder_path() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// esm's config: one mapping of `source_arn` into the recorder, no batching window.
-fn write_esm_config(dir: &Path, source_arn: &str, batch_size: usize) -> Result<PathBuf> {
-    let text = format!(
-        r#"shutdown_timeout_seconds = 20
-
-[store]
-kind = "local"
-path = "{state}"
-
-[[mapping]]
-name = "latency"
-event_source_arn = "{source_arn}"
-starting_position = "TRIM_HORIZON"
-batch_size = {batch_size}
-maximum_batching_window_in_seconds = 0
-function = "recorder"
-"#,
-        state = dir.join("state").display(),
-    );
-    let path = dir.join("esm.toml");
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
 /// esm (`esm-recorder run`) on `source_arn`; `fan_out`: an exit with code 2 (the
 /// config refused) means "not available in this build".
 async fn esm_run(
@@ -867,7 +843,24 @@ async fn esm_run(
 ) -> Result<Outcome> {
     recorder_path()?;
     let dir = tempfile::tempdir().context("a temporary directory")?;
-    let config = write_esm_config(dir.path(), source_arn, args.batch_size)?;
+    // One mapping into the recorder, no batching window; with fan-out, through the
+    // consumer `source_arn`.
+    let extra = format!(
+        "batch_size = {}\nmaximum_batching_window_in_seconds = 0\n",
+        args.batch_size
+    );
+    let config = if fan_out {
+        esm_e2e::write_fanout_config(
+            dir.path(),
+            "latency",
+            &stream.name,
+            source_arn,
+            &extra,
+            "function = \"recorder\"\n",
+        )
+    } else {
+        esm_e2e::write_config(dir.path(), "latency", &stream.name, &extra)
+    };
     // The recorder's second handler opens its file even when unused: keep it in `dir`.
     let windows = dir.path().join("windows.jsonl");
     let windows = windows.to_string_lossy();
