@@ -49,6 +49,14 @@ pub enum Command {
     /// Replay the batches of on-failure records: re-invoke the mapping's function
     /// with them, or (with --out) write their records as JSON lines.
     Replay(ReplayArgs),
+    /// Show each mapping's shards: state, lease owner, checkpoint, iterator age. It
+    /// asks the running esm's /status when [server] is set, else reads the store
+    /// (which a running esm holds); exit 1 when neither can be read.
+    Status {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check a config file: exit 0 with a summary, or 2 with one line per problem.
     Validate {
         /// The config file (TOML).
@@ -110,6 +118,7 @@ pub fn execute(cli: Cli, registry: Registry) -> u8 {
         Command::Validate { config } => validate(&config, &registry),
         Command::Run { config } => run(&config, registry),
         Command::Replay(args) => replay(args, registry),
+        Command::Status { config } => status(&config),
     }
 }
 
@@ -156,6 +165,37 @@ fn validate(path: &std::path::Path, registry: &Registry) -> u8 {
         Err(problems) => {
             println!("{problems}");
             EXIT_BAD_CONFIG
+        }
+    }
+}
+
+fn status(path: &std::path::Path) -> u8 {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(problems) => {
+            eprintln!("{problems}");
+            return EXIT_BAD_CONFIG;
+        }
+    };
+    let Some(runtime) = async_runtime() else {
+        return EXIT_FAILURE;
+    };
+    match runtime.block_on(crate::status::query::query(&cfg)) {
+        Ok((report, source)) => {
+            match source {
+                crate::status::query::Source::Server(url) => {
+                    println!("from the running esm at {url}")
+                }
+                crate::status::query::Source::Store(path) => {
+                    println!("from the checkpoint store at {path} (no esm is running with it)")
+                }
+            }
+            print!("{}", crate::status::query::table(&report));
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("esm status: {e}");
+            EXIT_FAILURE
         }
     }
 }

@@ -29,7 +29,9 @@ pub mod logging;
 pub mod metrics;
 pub mod replay;
 pub mod runner;
+pub mod server;
 pub mod source;
+pub mod status;
 pub mod store;
 
 #[cfg(test)]

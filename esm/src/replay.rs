@@ -417,10 +417,10 @@ fn judge(outcome: &Outcome, report_item_failures: bool, records: &[Record]) -> R
         Outcome::Returned { response } if report_item_failures => {
             match batch_item_failures(response, records) {
                 Verdict::Success => Ok(()),
-                Verdict::FailedFrom(i) => Err(format!(
+                Verdict::FailedFrom { first, .. } => Err(format!(
                     "the function reported failures from {}",
                     records
-                        .get(i)
+                        .get(first)
                         .map(|r| r.sequence().as_str().to_string())
                         .unwrap_or_default()
                 )),

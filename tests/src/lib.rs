@@ -6,6 +6,7 @@
 //! emulator.
 
 pub mod cut_proxy;
+pub mod observe;
 pub mod proxy;
 
 use std::collections::BTreeMap;

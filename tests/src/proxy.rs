@@ -58,6 +58,8 @@ struct Stats {
     held: AtomicU64,
     /// Whether denials are answered (`true`) or held.
     gate: tokio::sync::watch::Sender<bool>,
+    /// Whether GetRecords calls are forwarded (`true`) or held.
+    reads: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Stats {
@@ -71,6 +73,7 @@ impl Default for Stats {
             denied_at: Mutex::default(),
             held: AtomicU64::default(),
             gate: tokio::sync::watch::Sender::new(true),
+            reads: tokio::sync::watch::Sender::new(true),
         }
     }
 }
@@ -133,6 +136,17 @@ impl FaultProxy {
         self.stats.gate.send_replace(true);
     }
 
+    /// From now on, GetRecords calls wait (unanswered) until
+    /// [`FaultProxy::release_get_records`]; other calls pass.
+    pub fn hold_get_records(&self) {
+        self.stats.reads.send_replace(false);
+    }
+
+    /// Forwards the GetRecords calls held, and those to come.
+    pub fn release_get_records(&self) {
+        self.stats.reads.send_replace(true);
+    }
+
     /// How many denied calls wait for their answer now.
     pub fn denials_held(&self) -> u64 {
         self.stats.held.load(Ordering::SeqCst)
@@ -178,6 +192,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.ends_with(".GetRecords"));
     if is_get_records {
+        let _ = stats.reads.subscribe().wait_for(|open| *open).await;
         let n = stats.get_records.fetch_add(1, Ordering::SeqCst) + 1;
         if stats
             .deny_left

@@ -40,14 +40,6 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
             why: "the DynamoDB lease store is not built yet; use kind = \"local\"",
         });
     }
-    if let Some(server) = &config.server {
-        found.push(NotYet {
-            at: "server".to_string(),
-            key: "[server] listen",
-            value: quote(&server.listen.to_string()),
-            why: "the metrics and health server is not built yet; remove [server]",
-        });
-    }
     let mut problems: Vec<Problem> = found.into_iter().map(|n| n.problem("")).collect();
     let names: Vec<Option<&str>> = config
         .mappings

@@ -79,7 +79,7 @@ fn check_mapping_range(key: &str, good: &[&str], bad: &[(&str, &str)]) {
 
 // ---------------------------------------------------------------- valid files
 
-/// SPEC §2's example, without the `[server]` table (not supported yet).
+/// SPEC §2's example.
 const SPEC_EXAMPLE: &str = r#"
 shutdown_timeout_seconds = 30
 
@@ -87,6 +87,9 @@ shutdown_timeout_seconds = 30
 kind = "local"             # default: an embedded, crash-safe file store
 path = "./esm-state"
 # kind = "dynamodb"; table = "esm-leases"   # several instances share a stream
+
+[server]                   # /metrics (Prometheus), /healthz, /readyz, /status (JSON)
+listen = "127.0.0.1:9090"
 
 [[mapping]]
 name = "orders"                                   # unique; used in metrics, logs, status
@@ -116,7 +119,12 @@ fn spec_example_parses_to_its_values() {
             path: PathBuf::from("./esm-state")
         }
     );
-    assert_eq!(config.server, None);
+    assert_eq!(
+        config.server,
+        Some(ServerConfig {
+            listen: "127.0.0.1:9090".parse().unwrap()
+        })
+    );
     assert_eq!(config.mappings.len(), 1);
     let m = &config.mappings[0];
     assert_eq!(m.name, "orders");
@@ -151,7 +159,7 @@ fn spec_example_parses_to_its_values() {
     assert_eq!(m.consumer_name, None);
     assert_eq!(
         config.summary(),
-        "valid: 1 mapping (orders); store local at ./esm-state"
+        "valid: 1 mapping (orders); store local at ./esm-state; server on 127.0.0.1:9090"
     );
 }
 
@@ -340,7 +348,6 @@ fn unsupported_settings_are_each_one_problem() {
         all_problems(EVERYTHING),
         vec![
             "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
-            "server: not supported yet: [server] listen = \"0.0.0.0:9100\" (the metrics and health server is not built yet; remove [server])",
         ]
     );
     // Enhanced fan-out has landed: a consumer ARN is accepted, and read.

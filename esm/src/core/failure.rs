@@ -62,17 +62,80 @@ pub enum Outcome {
     },
 }
 
-impl Outcome {
-    /// The label used in logs and the `outcome` metric label.
-    pub fn label(&self) -> &'static str {
+/// How one invocation ended, as the metrics count it: `esm_invocations_total{outcome}`
+/// and `esm_failed_invoke_events_total` (Lambda's `FailedInvokeEventCount`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judged {
+    /// The `outcome` label.
+    pub outcome: InvocationOutcome,
+    /// The records counted as failed: every record of an invocation that failed or
+    /// could not happen, or whose response esm could not read; the records named in
+    /// `batchItemFailures`; none on success.
+    pub failed_records: usize,
+    /// Why a response was not understood (a malformed `batchItemFailures`), for the
+    /// log: the whole batch failed.
+    pub unreadable_response: Option<String>,
+}
+
+/// The `outcome` label of `esm_invocations_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvocationOutcome {
+    /// The function returned, and every record succeeded.
+    Ok,
+    /// The function returned `batchItemFailures` naming records, or a response that
+    /// is not a valid `batchItemFailures` answer (the whole batch failed).
+    PartialFailure,
+    /// The function returned an error.
+    FunctionError,
+    /// The function timed out.
+    Timeout,
+    /// The function crashed.
+    Crash,
+    /// The function could not be invoked (throttled, no worker).
+    Throttled,
+}
+
+impl InvocationOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [InvocationOutcome; 6] = [
+        InvocationOutcome::Ok,
+        InvocationOutcome::PartialFailure,
+        InvocationOutcome::FunctionError,
+        InvocationOutcome::Timeout,
+        InvocationOutcome::Crash,
+        InvocationOutcome::Throttled,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
         match self {
-            Outcome::Returned { .. } => "ok",
-            Outcome::FunctionError { .. } => "function_error",
-            Outcome::Timeout => "timeout",
-            Outcome::Crash { .. } => "crash",
-            Outcome::NotInvoked { .. } => "throttled",
+            InvocationOutcome::Ok => "ok",
+            InvocationOutcome::PartialFailure => "partial_failure",
+            InvocationOutcome::FunctionError => "function_error",
+            InvocationOutcome::Timeout => "timeout",
+            InvocationOutcome::Crash => "crash",
+            InvocationOutcome::Throttled => "throttled",
         }
     }
+}
+
+impl Judged {
+    fn new(outcome: InvocationOutcome, failed_records: usize) -> Self {
+        Self {
+            outcome,
+            failed_records,
+            unreadable_response: None,
+        }
+    }
+}
+
+/// What [`BatchProgress::record`] decided about one invocation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// What is settled by it (records done, records given up), in shard order.
+    pub settled: Vec<Action>,
+    /// How the invocation counts in the metrics.
+    pub judged: Judged,
 }
 
 /// Why records were given up.
@@ -275,52 +338,79 @@ impl BatchProgress {
     }
 
     /// Records the outcome of invoking the front piece; returns what is settled by it
-    /// (records done, records given up), in shard order. `jitter` in `0.0..1.0`.
+    /// (records done, records given up), in shard order, and how the invocation
+    /// counts. `jitter` in `0.0..1.0`.
     pub fn record(
         &mut self,
         rules: &FailureRules,
         batch: &Batch,
         outcome: &Outcome,
         jitter: f64,
-    ) -> Vec<Action> {
-        let Some(mut piece) = self.pieces.pop_front() else {
-            return Vec::new();
-        };
+    ) -> Recorded {
         let mut settled = Vec::new();
-        let failure = match outcome {
+        let Some(mut piece) = self.pieces.pop_front() else {
+            return Recorded {
+                settled,
+                judged: Judged::new(InvocationOutcome::Ok, 0),
+            };
+        };
+        let records = piece.range.len();
+        let (failure, judged) = match outcome {
             Outcome::NotInvoked { .. } => {
                 piece.not_invoked = piece.not_invoked.saturating_add(1);
                 piece.wait = Some(rules.retry_backoff.delay(piece.not_invoked - 1, jitter));
                 self.pieces.push_front(piece);
-                return settled;
+                return Recorded {
+                    settled,
+                    judged: Judged::new(InvocationOutcome::Throttled, records),
+                };
             }
             Outcome::Returned { response } if rules.report_item_failures => {
                 piece.invocations += 1;
                 match batch_item_failures(response, &batch.records[piece.range.clone()]) {
-                    Verdict::Success => None,
-                    Verdict::FailedFrom(i) => {
-                        if i > 0 {
-                            settled.push(Action::Done(piece.range.start..piece.range.start + i));
+                    Verdict::Success => (None, Judged::new(InvocationOutcome::Ok, 0)),
+                    Verdict::FailedFrom { first, named } => {
+                        if first > 0 {
+                            settled
+                                .push(Action::Done(piece.range.start..piece.range.start + first));
                         }
-                        piece.range.start += i;
-                        Some(LastFailure::ItemFailures)
+                        piece.range.start += first;
+                        (
+                            Some(LastFailure::ItemFailures),
+                            Judged::new(InvocationOutcome::PartialFailure, named),
+                        )
                     }
-                    Verdict::Failed(_) => Some(LastFailure::Unhandled),
+                    Verdict::Failed(reason) => (
+                        Some(LastFailure::Unhandled),
+                        Judged {
+                            unreadable_response: Some(reason),
+                            ..Judged::new(InvocationOutcome::PartialFailure, records)
+                        },
+                    ),
                 }
             }
             Outcome::Returned { .. } => {
                 piece.invocations += 1;
-                None
+                (None, Judged::new(InvocationOutcome::Ok, 0))
             }
             Outcome::FunctionError { .. } | Outcome::Timeout | Outcome::Crash { .. } => {
                 piece.invocations += 1;
-                Some(LastFailure::Unhandled)
+                let outcome = match outcome {
+                    Outcome::FunctionError { .. } => InvocationOutcome::FunctionError,
+                    Outcome::Timeout => InvocationOutcome::Timeout,
+                    _ => InvocationOutcome::Crash,
+                };
+                (Some(LastFailure::Unhandled), Judged::new(outcome, records))
             }
         };
         piece.not_invoked = 0;
+        let recorded = |settled| Recorded {
+            settled,
+            judged: judged.clone(),
+        };
         let Some(how) = failure else {
             settled.push(Action::Done(piece.range));
-            return settled;
+            return recorded(settled);
         };
         piece.last_failure = how;
         if rules.bisect && piece.range.len() > 1 {
@@ -332,7 +422,7 @@ impl BatchProgress {
             newer.range = mid..newer.range.end;
             self.pieces.push_front(newer);
             self.pieces.push_front(older);
-            return settled;
+            return recorded(settled);
         }
         piece.retries = piece.retries.saturating_add(1);
         if rules.max_retries.is_some_and(|max| piece.retries > max) {
@@ -342,11 +432,11 @@ impl BatchProgress {
                 invocations: piece.invocations,
                 last_failure: piece.last_failure,
             });
-            return settled;
+            return recorded(settled);
         }
         piece.wait = Some(rules.retry_backoff.delay(piece.retries - 1, jitter));
         self.pieces.push_front(piece);
-        settled
+        recorded(settled)
     }
 }
 

@@ -17,9 +17,15 @@ use super::record::Record;
 pub enum Verdict {
     /// Every record succeeded.
     Success,
-    /// The records from this index on failed (the lowest reported failure); those
-    /// before it succeeded.
-    FailedFrom(usize),
+    /// The function named `named` records in `batchItemFailures` (each counted
+    /// once); the lowest of them is at index `first`. The records before it
+    /// succeeded, and those from it on are retried.
+    FailedFrom {
+        /// The index of the lowest failed record.
+        first: usize,
+        /// How many distinct records of the batch were named.
+        named: usize,
+    },
     /// The whole batch failed; the reason is for the log line.
     Failed(String),
 }
@@ -52,7 +58,9 @@ pub fn batch_item_failures(body: &[u8], records: &[Record]) -> Verdict {
             ))
         }
     };
-    let mut lowest: Option<usize> = None;
+    // Indices of the named records, in the order named (the list is short: at most
+    // the batch).
+    let mut named: Vec<usize> = Vec::with_capacity(items.len());
     for item in items {
         let id = match item.get("itemIdentifier") {
             Some(Value::String(s)) if !s.is_empty() => s.as_str(),
@@ -68,7 +76,7 @@ pub fn batch_item_failures(body: &[u8], records: &[Record]) -> Verdict {
             }
         };
         match records.iter().position(|r| r.sequence().as_str() == id) {
-            Some(i) => lowest = Some(lowest.map_or(i, |l| l.min(i))),
+            Some(i) => named.push(i),
             None => {
                 return Verdict::Failed(format!(
                     "itemIdentifier {id:?} is not a sequence number of this batch"
@@ -76,9 +84,14 @@ pub fn batch_item_failures(body: &[u8], records: &[Record]) -> Verdict {
             }
         }
     }
-    match lowest {
+    named.sort_unstable();
+    named.dedup();
+    match named.first() {
         None => Verdict::Success,
-        Some(i) => Verdict::FailedFrom(i),
+        Some(&first) => Verdict::FailedFrom {
+            first,
+            named: named.len(),
+        },
     }
 }
 
@@ -140,11 +153,16 @@ mod tests {
     fn the_lowest_failed_record_wins() {
         assert_eq!(
             verdict(r#"{"batchItemFailures":[{"itemIdentifier":"12"},{"itemIdentifier":"11"}]}"#),
-            Verdict::FailedFrom(1)
+            Verdict::FailedFrom { first: 1, named: 2 }
         );
         assert_eq!(
             verdict(r#"{"batchItemFailures":[{"itemIdentifier":"10"}]}"#),
-            Verdict::FailedFrom(0)
+            Verdict::FailedFrom { first: 0, named: 1 }
+        );
+        // A record named twice is one failed record.
+        assert_eq!(
+            verdict(r#"{"batchItemFailures":[{"itemIdentifier":"13"},{"itemIdentifier":"13"}]}"#),
+            Verdict::FailedFrom { first: 3, named: 1 }
         );
     }
 

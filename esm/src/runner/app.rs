@@ -12,8 +12,10 @@ use super::budget::MemoryBudget;
 use super::{mapping, MappingContext, MappingSpec};
 use crate::config::{Config, FunctionConfig, MappingConfig, Problem, StoreConfig};
 use crate::invoke::{Invoker, Registry, RuntimeApiInvoker, WorkerSettings};
-use crate::metrics::MappingMetrics;
+use crate::metrics::Metrics;
+use crate::server::{Observed, Server, ServerError};
 use crate::source::consumer::ensure_consumer;
+use crate::status::StatusBoard;
 use crate::store::local::LocalStore;
 use crate::store::{CheckpointStore, StoreError};
 
@@ -29,6 +31,9 @@ pub enum RunError {
     /// The checkpoint store cannot be opened or written (exit code 1).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The observability server cannot listen (exit code 1).
+    #[error(transparent)]
+    Server(#[from] ServerError),
     /// A mapping failed for good (exit code 1).
     #[error("mapping {mapping}: {reason}")]
     Mapping {
@@ -207,6 +212,23 @@ pub async fn run(
         }
     };
 
+    let metrics = Metrics::new();
+    let board = StatusBoard::new();
+    // The server comes first: liveness answers during start-up, and /readyz says why
+    // the instance is not ready yet.
+    let server = match &config.server {
+        Some(server) => Some(
+            Server::start(
+                server.listen,
+                Observed {
+                    metrics: metrics.clone(),
+                    board: board.clone(),
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut mappings = JoinSet::new();
     let mapping_cancel = CancellationToken::new();
     let budget = MemoryBudget::new(config.max_buffered_bytes);
@@ -276,7 +298,8 @@ pub async fn run(
             spec,
             invoker,
             store: store.clone(),
-            metrics: Arc::new(MappingMetrics::default()),
+            metrics: Arc::new(metrics.mapping(&m.name)),
+            board: board.mapping(&m.name),
             client,
             destination,
             budget: budget.clone(),
@@ -313,6 +336,9 @@ pub async fn run(
     }
     // Only now, with no invocation left in flight, do the worker processes go.
     workers.stop().await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
     match failure {
         Some(e) => Err(e),
         None => {

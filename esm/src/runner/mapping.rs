@@ -17,9 +17,11 @@ use tracing::Instrument as _;
 use super::shard::ShardRunner;
 use super::MappingContext;
 use crate::core::backoff::Backoff;
+use crate::core::lineage::Lineage;
 use crate::core::shard::ShardExit;
 use crate::source::discovery::{list_shards, DiscoveryError};
 use crate::source::kinesis::stream_retention;
+use crate::status::ShardPlace;
 use crate::store::{ShardCheckpoint, StartAt, StoreError};
 
 /// Why a mapping stopped before it was asked to.
@@ -101,6 +103,7 @@ async fn run_inner(
                 }
                 let now = Instant::now();
                 let is_finished = |id: &str| states.get(id).is_some_and(|s| s.finished);
+                report_listing(&ctx, &lineage, &states);
                 let readable: Vec<_> = lineage
                     .readable(is_finished)
                     .filter(|s| !running.contains(&s.id) && restarts.may_start(&s.id, now))
@@ -113,7 +116,9 @@ async fn run_inner(
                             .get(&id)
                             .cloned()
                             .unwrap_or_else(|| ShardCheckpoint::new(StartAt::TrimHorizon));
-                        let runner = ShardRunner::new(ctx.clone(), &shard, state, retention);
+                        let reporter = ctx.board.runner_started(&id);
+                        let runner =
+                            ShardRunner::new(ctx.clone(), &shard, state, retention, reporter);
                         let token = cancel.child_token();
                         running.insert(id.clone());
                         restarts.started(&id, now);
@@ -182,6 +187,7 @@ async fn run_inner(
                             tracing::error!(shard = %id, error = %e, ?delay, "a shard runner panicked; it restarts alone after a backoff");
                             running.remove(&id);
                             reload(&ctx, &mut states).await;
+                            ctx.board.runner_ended(&id, states.get(&id));
                             break;
                         }
                     };
@@ -192,14 +198,17 @@ async fn run_inner(
                             if let Some(state) = states.get_mut(&id) {
                                 state.finished = true;
                             }
+                            ctx.board.runner_ended(&id, states.get(&id));
+                            ctx.metrics.forget_shard(&id);
                             tracing::info!(shard = %id, ?children, "shard finished; looking for its children");
                             break;
                         }
-                        ShardExit::Stopped => {}
+                        ShardExit::Stopped => ctx.board.runner_ended(&id, None),
                         ShardExit::Failed(reason) => {
                             let delay = restarts.failed(&id, Instant::now(), rand::random());
                             tracing::warn!(shard = %id, %reason, ?delay, "shard runner failed; it restarts after a backoff");
                             reload(&ctx, &mut states).await;
+                            ctx.board.runner_ended(&id, states.get(&id));
                             break;
                         }
                     }
@@ -207,6 +216,31 @@ async fn run_inner(
             }
         }
     }
+}
+
+/// Tells the status board what a listing found: each shard's place, parents and
+/// stored checkpoint.
+fn report_listing(
+    ctx: &MappingContext,
+    lineage: &Lineage,
+    states: &BTreeMap<String, ShardCheckpoint>,
+) {
+    let is_finished = |id: &str| states.get(id).is_some_and(|s| s.finished);
+    let mut listed = Vec::with_capacity(lineage.len());
+    for shard in lineage.shards() {
+        let place = if is_finished(&shard.id) {
+            ShardPlace::Finished
+        } else if lineage.parents_finished(shard, is_finished) {
+            ShardPlace::Readable
+        } else {
+            ShardPlace::WaitingForParent
+        };
+        let parents = shard.parents().map(str::to_owned).collect();
+        ctx.board
+            .listed(&shard.id, place, parents, states.get(&shard.id));
+        listed.push(shard.id.as_str());
+    }
+    ctx.board.listing_done(&listed);
 }
 
 /// Reloads the stored checkpoints, so a restarted runner resumes from the last one.

@@ -123,4 +123,6 @@ pub struct MappingContext {
     pub destination: Option<Arc<dyn crate::destination::FailureDestination>>,
     /// The process-wide memory budget every shard reads within.
     pub budget: budget::MemoryBudget,
+    /// Where the mapping tells `/status` and `/readyz` about its shards.
+    pub board: crate::status::MappingBoard,
 }

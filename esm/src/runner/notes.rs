@@ -11,20 +11,32 @@ use super::MappingSpec;
 /// Logs `note` and counts it.
 pub(crate) fn report(note: &Note, spec: &MappingSpec, metrics: &MappingMetrics) {
     match note {
-        Note::InvocationFailed {
+        Note::Invoked {
             lane,
             first,
             last,
             records,
             attempt,
             outcome,
+            judged,
         } => {
+            metrics.invocations.count(judged.outcome);
+            metrics
+                .failed_invoke_events
+                .add(judged.failed_records as u64);
             let (first, last) = (display(first.as_ref()), display(last.as_ref()));
-            if !matches!(outcome, Outcome::NotInvoked { .. }) {
-                metrics.failed_invoke_events.add(*records as u64);
-            }
             match outcome {
-                Outcome::Returned { .. } => {}
+                Outcome::Returned { .. } => {
+                    match (&judged.unreadable_response, judged.failed_records) {
+                        (Some(why), _) => {
+                            tracing::warn!(lane, %first, %last, records, attempt, %why, "the function's response is not a valid batchItemFailures answer; the whole batch failed and will be retried");
+                        }
+                        (None, 0) => {}
+                        (None, failed) => {
+                            tracing::debug!(lane, %first, %last, records, attempt, failed, "the function reported item failures; the records from the lowest one on will be retried");
+                        }
+                    }
+                }
                 Outcome::FunctionError {
                     error_type,
                     message,

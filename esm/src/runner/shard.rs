@@ -10,7 +10,7 @@
 //! invocation is in flight.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -29,10 +29,13 @@ use crate::core::shard::{
     ShardSettings, MAX_PAGE_MEMORY,
 };
 use crate::invoke::{Invocation, Outcome};
+use crate::metrics::ShardGauges;
 use crate::source::fanout::{FanOutConfig, FanOutReader};
 use crate::source::polling::{PollingConfig, PollingReader, MAX_GET_RECORDS_LIMIT};
 use crate::source::{ReadOutcome, ShardSource, SourceError};
+use crate::status::{ShardReporter, SnapshotRequest};
 use crate::store::{Lease, ShardCheckpoint, StoreError};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A read in progress: it hands the source back with the page.
 type Reading = BoxFuture<
@@ -47,16 +50,26 @@ type Reading = BoxFuture<
 pub struct ShardRunner {
     ctx: Arc<MappingContext>,
     machine: ShardMachine,
+    reporter: ShardReporter,
+    gauges: ShardGauges,
+}
+
+/// What wakes the driver: an input for the machine, or a request for its state.
+enum Step {
+    Input(Input),
+    Snapshot(SnapshotRequest),
 }
 
 impl ShardRunner {
     /// A runner for `shard`, resuming from `state`; `retention` is the stream's
-    /// retention period, when the failure rules need it.
+    /// retention period, when the failure rules need it. It reports through
+    /// `reporter` (`/readyz`, `/status`).
     pub fn new(
         ctx: Arc<MappingContext>,
         shard: &ShardInfo,
         state: ShardCheckpoint,
         retention: Option<std::time::Duration>,
+        reporter: ShardReporter,
     ) -> Self {
         let spec = &ctx.spec;
         let mut rules = spec.policy.clone();
@@ -80,7 +93,13 @@ impl ShardRunner {
             store_backoff: ShardSettings::STORE_BACKOFF,
         };
         let machine = ShardMachine::new(settings, state);
-        Self { ctx, machine }
+        let gauges = ctx.metrics.shard(&shard.id);
+        Self {
+            ctx,
+            machine,
+            reporter,
+            gauges,
+        }
     }
 
     /// Runs the shard to its end, inside a span naming mapping and shard.
@@ -138,30 +157,40 @@ impl ShardRunner {
                 }
             }
             let wake = self.machine.wake_at();
-            let input = tokio::select! {
+            let step = tokio::select! {
                 biased;
                 _ = cancel.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     io.reading = None;
-                    Input::Shutdown
+                    Step::Input(Input::Shutdown)
                 }
-                Some((lane, outcome)) = io.invocations.next() => {
-                    ctx.metrics.invocations.count(&outcome);
-                    Input::Invoked { lane, outcome }
+                Some((lane, outcome, took)) = io.invocations.next() => {
+                    ctx.metrics.invocation_duration.observe(took.as_secs_f64());
+                    Step::Input(Input::Invoked { lane, outcome })
                 }
-                Some((lane, result)) = io.deliveries.next() => Input::Delivered { lane, result },
-                result = poll_some(&mut io.saving) => Input::Saved(result),
+                Some((lane, result)) = io.deliveries.next() => Step::Input(Input::Delivered { lane, result }),
+                result = poll_some(&mut io.saving) => Step::Input(Input::Saved(result)),
                 (back, result) = poll_some(&mut io.reading) => {
                     source = Some(back);
-                    match result {
+                    Step::Input(match result {
                         Ok((page, reservation)) => {
                             held.merge(reservation);
+                            self.reporter.mark_read();
                             Input::Page(page)
                         }
                         Err(e) => Input::ReadFailed(e.to_string()),
-                    }
+                    })
                 }
-                _ = sleep_until(wake) => Input::Timer,
+                Some(reply) = self.reporter.requests.recv() => Step::Snapshot(reply),
+                _ = sleep_until(wake) => Step::Input(Input::Timer),
+            };
+            let input = match step {
+                Step::Input(input) => input,
+                Step::Snapshot(reply) => {
+                    let _ =
+                        reply.send(serde_json::to_value(self.machine.state()).unwrap_or_default());
+                    continue;
+                }
             };
             if matches!(input, Input::Saved(_)) {
                 io.saving = None;
@@ -174,9 +203,20 @@ impl ShardRunner {
                 self.carry_out(effect, &lease, &mut io);
             }
             ctx.budget.resize(&mut held, self.machine.buffered_bytes());
+            self.publish_gauges();
         };
         tracing::info!(checkpoint = ?self.machine.state().saved.checkpoint.as_ref().map(ToString::to_string), phase = ?self.machine.state().phase, "shard runner ended");
         exit
+    }
+
+    /// Sets the shard's gauges from the machine's state.
+    fn publish_gauges(&self) {
+        let state = self.machine.state();
+        let age = i64::try_from(state.iterator_age_ms).unwrap_or(i64::MAX);
+        self.gauges.iterator_age_ms.set(age);
+        if let Some(behind) = state.millis_behind_latest {
+            self.gauges.millis_behind_latest.set(behind);
+        }
     }
 
     /// Starts what the machine asked for.
@@ -205,9 +245,11 @@ impl ShardRunner {
         }
     }
 
-    fn invoke(&self, request: InvokeRequest) -> BoxFuture<'static, (usize, Outcome)> {
+    fn invoke(&self, request: InvokeRequest) -> BoxFuture<'static, (usize, Outcome, Duration)> {
         let spec = &self.ctx.spec;
-        self.ctx.metrics.invoked_events.add(request.records as u64);
+        let metrics = &self.ctx.metrics;
+        metrics.invoked_events.add(request.records as u64);
+        metrics.batch_records.observe(request.records as f64);
         tracing::debug!(
             lane = request.lane,
             records = request.records,
@@ -225,7 +267,14 @@ impl ShardRunner {
             timeout: spec.timeout,
             deadline: SystemTime::now() + spec.timeout,
         });
-        async move { (lane, call.await) }.boxed()
+        let in_flight = InFlightGauge::enter(metrics.concurrent_invocations.clone());
+        async move {
+            let started = Instant::now();
+            let outcome = call.await;
+            drop(in_flight);
+            (lane, outcome, started.elapsed())
+        }
+        .boxed()
     }
 
     fn deliver(&self, request: DeliveryRequest) -> BoxFuture<'static, (usize, Result<(), String>)> {
@@ -259,10 +308,27 @@ impl ShardRunner {
     }
 }
 
+/// Counts one invocation in `esm_concurrent_invocations` while it lives (also when
+/// its future is dropped unfinished, on a shutdown timeout).
+struct InFlightGauge(Gauge);
+
+impl InFlightGauge {
+    fn enter(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The I/O a shard has in flight.
 #[derive(Default)]
 struct InFlight {
-    invocations: FuturesUnordered<BoxFuture<'static, (usize, Outcome)>>,
+    invocations: FuturesUnordered<BoxFuture<'static, (usize, Outcome, Duration)>>,
     deliveries: FuturesUnordered<BoxFuture<'static, (usize, Result<(), String>)>>,
     saving: Option<BoxFuture<'static, Result<(), SaveError>>>,
     reading: Option<Reading>,

@@ -10,7 +10,8 @@
 //! `RECORDER_DELAY_AFTER_MS`), both wall-clock milliseconds since the Unix epoch.
 //!
 //! Knobs (environment): `RECORDER_DELAY_MS` sleeps in each invocation (to kill esm
-//! mid-stream); `RECORDER_DELAY_AFTER_MS` sleeps after the line was written, before
+//! mid-stream), and with `RECORDER_SLOW_WHILE=FILE` only while FILE exists (a handler
+//! slowed for a while, then caught up); `RECORDER_DELAY_AFTER_MS` sleeps after the line was written, before
 //! returning (so a kill lands between "handled" and "checkpointed"); `RECORDER_FAIL_FIRST=N`
 //! fails the first N invocations (to see retries); `RECORDER_POISON=TEXT` makes every
 //! record whose data contains TEXT a poison record: a batch holding one fails (an
@@ -144,6 +145,7 @@ fn main() -> std::process::ExitCode {
 
     let out = std::env::var("RECORDER_OUT").unwrap_or_else(|_| "recorder.jsonl".into());
     let delay = env_ms("RECORDER_DELAY_MS");
+    let slow_while = std::env::var_os("RECORDER_SLOW_WHILE").map(std::path::PathBuf::from);
     let delay_after = env_ms("RECORDER_DELAY_AFTER_MS");
     let fail_first: u64 = std::env::var("RECORDER_FAIL_FIRST")
         .ok()
@@ -170,6 +172,7 @@ fn main() -> std::process::ExitCode {
     let handler = service_fn(move |event: LambdaEvent<KinesisEvent>| {
         let (file, calls, running) = (file.clone(), calls.clone(), running.clone());
         let (poison, response, attempts) = (poison.clone(), response.clone(), attempts.clone());
+        let delay = delay.filter(|_| slow_while.as_ref().is_none_or(|file| file.exists()));
         async move {
             let started_ms = now_ms();
             let records = &event.payload.records;

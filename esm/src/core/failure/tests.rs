@@ -65,7 +65,7 @@ fn run(
             Some(Action::Invoke(range)) => {
                 invoked.push(range.clone());
                 let outcome = respond(range);
-                settled.extend(progress.record(rules, b, &outcome, 0.5));
+                settled.extend(progress.record(rules, b, &outcome, 0.5).settled);
             }
             Some(other) => settled.push(other),
         }
@@ -127,14 +127,14 @@ fn not_invoked_consumes_no_retry_and_waits() {
     let busy = Outcome::NotInvoked {
         reason: "busy".into(),
     };
-    assert!(progress.record(&rules, &b, &busy, 0.0).is_empty());
+    assert!(progress.record(&rules, &b, &busy, 0.0).settled.is_empty());
     assert!(matches!(
         progress.next(&rules, &b, now()),
         Some(Action::Wait(_))
     ));
     assert_eq!(progress.next(&rules, &b, now()), Some(Action::Invoke(0..2)));
     assert_eq!(
-        progress.record(&rules, &b, &ok(), 0.0),
+        progress.record(&rules, &b, &ok(), 0.0).settled,
         vec![Action::Done(0..2)]
     );
     assert!(progress.is_finished());
@@ -176,6 +176,67 @@ fn a_malformed_response_fails_the_whole_batch() {
     });
     assert!(
         matches!(settled[..], [Action::GiveUp { ref range, last_failure: LastFailure::Unhandled, .. }] if *range == (0..3))
+    );
+}
+
+/// Judges one invocation of a fresh batch of 6 with `outcome`.
+fn judge(rules: &FailureRules, outcome: impl FnOnce(&Batch) -> Outcome) -> Judged {
+    let b = batch(6, 999_000);
+    let mut progress = BatchProgress::new(b.len());
+    progress.record(rules, &b, &outcome(&b), 0.5).judged
+}
+
+#[test]
+fn each_invocation_is_judged_with_the_records_it_counts_as_failed() {
+    let items = FailureRules {
+        report_item_failures: true,
+        ..FailureRules::default()
+    };
+    let plain = FailureRules::default();
+    let judged = |rules: &FailureRules, outcome: fn(&Batch) -> Outcome| {
+        let j = judge(rules, outcome);
+        (j.outcome, j.failed_records, j.unreadable_response.is_some())
+    };
+    use InvocationOutcome as O;
+    assert_eq!(judged(&plain, |_| ok()), (O::Ok, 0, false));
+    assert_eq!(judged(&items, |_| ok()), (O::Ok, 0, false));
+    // Partial failures count the records named, each once, not the remainder retried.
+    assert_eq!(
+        judged(&items, |b| failures(b, &[3, 1, 3])),
+        (O::PartialFailure, 2, false)
+    );
+    // Without ReportBatchItemFailures the same response is a success.
+    assert_eq!(judged(&plain, |b| failures(b, &[3, 1])), (O::Ok, 0, false));
+    // A response esm cannot read fails every record, and says why.
+    assert_eq!(
+        judged(&items, |_| Outcome::Returned {
+            response: Bytes::from_static(b"{\"batchItemFailures\": 7}"),
+        }),
+        (O::PartialFailure, 6, true)
+    );
+    assert_eq!(judged(&plain, |_| error()), (O::FunctionError, 6, false));
+    assert_eq!(judged(&plain, |_| Outcome::Timeout), (O::Timeout, 6, false));
+    assert_eq!(
+        judged(&plain, |_| Outcome::Crash { reason: "x".into() }),
+        (O::Crash, 6, false)
+    );
+    // An invocation that could not happen was tried and failed (Lambda counts
+    // throttled events in FailedInvokeEventCount too).
+    assert_eq!(
+        judged(&plain, |_| Outcome::NotInvoked { reason: "x".into() }),
+        (O::Throttled, 6, false)
+    );
+    let labels: Vec<_> = InvocationOutcome::ALL.iter().map(|o| o.label()).collect();
+    assert_eq!(
+        labels,
+        [
+            "ok",
+            "partial_failure",
+            "function_error",
+            "timeout",
+            "crash",
+            "throttled"
+        ]
     );
 }
 

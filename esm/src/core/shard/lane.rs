@@ -28,7 +28,9 @@ use super::tracker::{CheckpointTracker, Settled};
 use super::{DeliveryRequest, Effect, Env, InvokeRequest, Note, ShardSettings};
 use crate::core::batch::{Batch, Batcher};
 use crate::core::event::WindowFields;
-use crate::core::failure::{Action, BatchProgress, Condition, LastFailure, Outcome};
+use crate::core::failure::{
+    Action, BatchProgress, Condition, InvocationOutcome, LastFailure, Outcome,
+};
 use crate::core::record::{Position, Record};
 use crate::core::response::{batch_item_failures, Verdict};
 use crate::core::window::{self, WindowBounds, WindowClock, EMPTY_STATE, MAX_STATE_BYTES};
@@ -275,6 +277,11 @@ impl Lane {
             self.work.as_ref().map(|w| &w.wait),
             Some(Wait::Invoking { .. } | Wait::Delivering(_))
         )
+    }
+
+    /// Whether the lane waits to retry a failed invocation.
+    pub(super) fn retrying(&self) -> bool {
+        matches!(self.work.as_ref().map(|w| &w.wait), Some(Wait::RetryAt(_)))
     }
 
     /// Whether the lane holds no record at all, and no open window.
@@ -553,23 +560,38 @@ impl Lane {
             }
             _ => outcome,
         };
-        if !matches!(outcome, Outcome::Returned { .. }) {
-            let records = &work.batch.records[range.clone()];
-            let (first, last) = span(records);
-            ctx.effects.push(Effect::Note(Note::InvocationFailed {
-                lane: self.index,
-                first,
-                last,
-                records: records.len(),
-                attempt: work.progress.attempt() + 1,
-                outcome: outcome.clone(),
-            }));
-        }
-        let settled =
+        let attempt = work.progress.attempt() + 1;
+        let recorded =
             work.progress
                 .record(&ctx.settings.rules, &work.batch, outcome, ctx.env.jitter());
-        work.settled.extend(settled);
+        let records = &work.batch.records[range.clone()];
+        let (first, last) = if recorded.judged.outcome == InvocationOutcome::Ok {
+            (None, None)
+        } else {
+            span(records)
+        };
+        ctx.effects.push(Effect::Note(Note::Invoked {
+            lane: self.index,
+            first,
+            last,
+            records: records.len(),
+            attempt,
+            outcome: outcome.clone(),
+            judged: recorded.judged,
+        }));
+        work.settled.extend(recorded.settled);
         work.wait = Wait::Ready;
+    }
+
+    /// When the last record of the invocation in flight arrived in the stream.
+    pub(super) fn invoking_last_arrival(&self) -> Option<DateTime<Utc>> {
+        let work = self.work.as_ref()?;
+        let Wait::Invoking { range, .. } = &work.wait else {
+            return None;
+        };
+        work.batch.records[range.clone()]
+            .last()
+            .map(|r| r.approximate_arrival)
     }
 
     /// Records the end of this lane's send to the destination.

@@ -54,7 +54,7 @@ use super::backoff::Backoff;
 use super::batch::{BatchLimits, Batcher};
 use super::checkpoint::{ShardCheckpoint, StartAt};
 use super::event::EventEncoder;
-use super::failure::{Condition, FailureRules, LastFailure, Outcome};
+use super::failure::{Condition, FailureRules, Judged, LastFailure, Outcome};
 use super::filter::FilterCriteria;
 use super::partition::LaneRouter;
 use super::record::{Position, Record, SequenceNumber};
@@ -309,20 +309,23 @@ pub struct GaveUp {
 /// What the log and the metrics are told.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Note {
-    /// An invocation failed (function error, timeout, crash) or could not happen.
-    InvocationFailed {
+    /// An invocation ended, whatever its outcome: it is counted, and logged when it
+    /// failed.
+    Invoked {
         /// The lane.
         lane: usize,
-        /// The first record.
+        /// The first record (only when it failed, for the log).
         first: Option<Position>,
-        /// The last record.
+        /// The last record (only when it failed, for the log).
         last: Option<Position>,
-        /// How many records.
+        /// How many records it carried.
         records: usize,
         /// Which invocation of them it was.
         attempt: u32,
-        /// How it ended.
+        /// How it ended, as the invoker reported it.
         outcome: Outcome,
+        /// How it counts: the `outcome` label and the records failed.
+        judged: Judged,
     },
     /// Records given up with no destination: logged with their range and skipped.
     Dropped(GaveUp),
@@ -437,6 +440,12 @@ pub struct ShardState {
     pub buffered_bytes: usize,
     /// `MillisBehindLatest` of the last read.
     pub millis_behind_latest: Option<i64>,
+    /// Lambda's `IteratorAge`, per shard: when an invocation ends, the age of its last
+    /// record (now − its arrival in the stream); 0 while the shard is caught up with
+    /// nothing held, so a quiet stream raises no alarm.
+    pub iterator_age_ms: u64,
+    /// Lanes waiting to retry a failed invocation.
+    pub retries_pending: usize,
     /// The children, once the closed shard was read to its end.
     pub children: Option<Vec<String>>,
     /// Why the shard is failing, when it is.
@@ -482,6 +491,8 @@ impl ShardMachine {
             lanes,
             buffered_bytes: 0,
             millis_behind_latest: None,
+            iterator_age_ms: 0,
+            retries_pending: 0,
             children: None,
             failure: None,
             exit: None,
@@ -560,6 +571,14 @@ impl ShardMachine {
                 }
             }
             Input::Invoked { lane, outcome } => {
+                if let Some(arrival) = self
+                    .state
+                    .lanes
+                    .get(lane)
+                    .and_then(Lane::invoking_last_arrival)
+                {
+                    self.state.iterator_age_ms = age_ms(env.wall, arrival);
+                }
                 self.with_lane(lane, env, &mut effects, |lane, ctx| {
                     lane.on_invoked(&outcome, ctx)
                 });
@@ -766,6 +785,10 @@ impl ShardMachine {
         state.checkpoint = checkpoint;
         state.outstanding_records = state.tracker.outstanding();
         state.settled = state.tracker.counts();
+        state.retries_pending = state.lanes.iter().filter(|l| l.retrying()).count();
+        if state.millis_behind_latest == Some(0) && state.outstanding_records == 0 {
+            state.iterator_age_ms = 0;
+        }
     }
 
     /// Starts a checkpoint write when the tracker is ahead of the store (one at a
@@ -816,6 +839,11 @@ impl ShardMachine {
         state.phase = phase;
         state.exit = Some(exit);
     }
+}
+
+/// Milliseconds from `arrival` to `now` (0 when the clocks disagree).
+fn age_ms(now: DateTime<Utc>, arrival: DateTime<Utc>) -> u64 {
+    u64::try_from((now - arrival).num_milliseconds()).unwrap_or(0)
 }
 
 impl Condition {

@@ -755,3 +755,95 @@ proptest! {
         prop_assert!(sim.max_concurrent <= lanes);
     }
 }
+
+/// The `Invoked` notes so far: (outcome label, records, failed records).
+fn judged(sim: &Sim) -> Vec<(&'static str, usize, usize)> {
+    sim.notes
+        .iter()
+        .filter_map(|n| match n {
+            Note::Invoked {
+                records, judged, ..
+            } => Some((judged.outcome.label(), *records, judged.failed_records)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_iterator_age_is_the_last_records_age_at_each_invocation_end_and_0_when_caught_up() {
+    let mut sim = Sim::fresh(settings(1, 2, rules(), false));
+    // Four records that arrived at wall0; the stream is 5 s ahead of them.
+    let mut first = page((0..4).map(|n| record(n, "k", 10)).collect());
+    first.millis_behind_latest = Some(5_000);
+    sim.feed(Input::Page(first));
+    assert_eq!(sim.m.state().iterator_age_ms, 0, "no invocation has ended");
+    // The handler is slow: the first batch ends 3 s later, failing.
+    sim.advance(Duration::from_secs(3));
+    sim.answer(0, error());
+    assert_eq!(sim.m.state().iterator_age_ms, 3_000);
+    assert_eq!(sim.m.state().retries_pending, 1);
+    // It rises while the handler fails...
+    sim.wake();
+    sim.advance(Duration::from_secs(4));
+    sim.answer(0, ok());
+    sim.save_ok();
+    // (the retry waited out its backoff before those 4 s)
+    let age = (sim.wall - wall0()).num_milliseconds() as u64;
+    assert!(age > 7_000);
+    assert_eq!(sim.m.state().iterator_age_ms, age);
+    assert_eq!(sim.m.state().retries_pending, 0);
+    // ... and stays at the last batch's age while records are still held, even
+    // when a read says the shard is caught up.
+    sim.feed(Input::Page(page(vec![])));
+    assert_eq!(sim.m.state().iterator_age_ms, age);
+    sim.advance(Duration::from_millis(500));
+    sim.answer(0, ok());
+    sim.save_ok();
+    // Every record is done and the last read was at the tip: a quiet shard is 0.
+    assert_eq!(sim.m.state().iterator_age_ms, 0);
+    assert_eq!(
+        judged(&sim),
+        [("function_error", 2, 2), ("ok", 2, 0), ("ok", 2, 0)]
+    );
+}
+
+#[test]
+fn partial_failures_count_the_records_named() {
+    let rules = FailureRules {
+        report_item_failures: true,
+        ..FailureRules::default()
+    };
+    let mut sim = Sim::fresh(settings(1, 4, rules, false));
+    sim.feed(Input::Page(page(
+        (0..4).map(|n| record(n, "k", 10)).collect(),
+    )));
+    let named = |ns: &[u64]| Outcome::Returned {
+        response: Bytes::from(format!(
+            r#"{{"batchItemFailures":[{}]}}"#,
+            ns.iter()
+                .map(|n| format!(r#"{{"itemIdentifier":"{}"}}"#, seq(*n)))
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
+    };
+    sim.answer(0, named(&[3, 1]));
+    sim.save_ok();
+    sim.wake();
+    sim.answer(
+        0,
+        Outcome::Returned {
+            response: Bytes::from_static(b"not json"),
+        },
+    );
+    sim.wake();
+    sim.answer(0, ok());
+    sim.save_ok();
+    assert_eq!(
+        judged(&sim),
+        [
+            ("partial_failure", 4, 2),
+            ("partial_failure", 3, 3),
+            ("ok", 3, 0)
+        ]
+    );
+}

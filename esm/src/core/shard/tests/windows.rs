@@ -218,7 +218,7 @@ fn a_response_without_state_is_a_failure_retried_with_the_same_state() {
     );
     assert!(matches!(
         sim.notes.last(),
-        Some(Note::InvocationFailed {
+        Some(Note::Invoked {
             outcome: Outcome::FunctionError { .. },
             ..
         })
