@@ -170,15 +170,9 @@ fn validate(path: &std::path::Path, registry: &Registry) -> u8 {
 }
 
 fn status(path: &std::path::Path) -> u8 {
-    let cfg = match config::load(path) {
-        Ok(cfg) => cfg,
-        Err(problems) => {
-            eprintln!("{problems}");
-            return EXIT_BAD_CONFIG;
-        }
-    };
-    let Some(runtime) = async_runtime() else {
-        return EXIT_FAILURE;
+    let (cfg, runtime) = match config_and_runtime(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     match runtime.block_on(crate::status::query::query(&cfg)) {
         Ok((report, source)) => {
@@ -215,17 +209,24 @@ pub(crate) fn async_runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Loads the config at `path` and starts the async runtime; when either fails, says
+/// why on stderr and returns the exit code.
+fn config_and_runtime(
+    path: &std::path::Path,
+) -> Result<(config::Config, tokio::runtime::Runtime), u8> {
+    let cfg = config::load(path).map_err(|problems| {
+        eprintln!("{problems}");
+        EXIT_BAD_CONFIG
+    })?;
+    let runtime = async_runtime().ok_or(EXIT_FAILURE)?;
+    Ok((cfg, runtime))
+}
+
 fn run(path: &std::path::Path, registry: Registry) -> u8 {
     crate::logging::init();
-    let cfg = match config::load(path) {
-        Ok(cfg) => cfg,
-        Err(problems) => {
-            eprintln!("{problems}");
-            return EXIT_BAD_CONFIG;
-        }
-    };
-    let Some(runtime) = async_runtime() else {
-        return EXIT_FAILURE;
+    let (cfg, runtime) = match config_and_runtime(path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();

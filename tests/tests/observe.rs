@@ -344,3 +344,75 @@ fn esm_status(config: &std::path::Path) -> std::process::Output {
         .output()
         .expect("run esm status")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_failures_count_the_records_named_not_the_remainder() {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, "observe-partial", 1).await;
+    put_records(&client, &stream, 0, 20, 64, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        MAPPING,
+        &stream,
+        "batch_size = 20\nmaximum_retry_attempts = 1\n\
+         function_response_types = [\"ReportBatchItemFailures\"]\n",
+    );
+    add_server(&config, "127.0.0.1:0");
+    // Record 5 is poison: the handler handles 0–4 and names record 5 alone in
+    // batchItemFailures; the retry of 5–19 names it again, and 5–19 are dropped.
+    let mut esm = Esm::start(
+        dir.path(),
+        &config,
+        &[("RECORDER_POISON", "\"n\":5,"), ("RECORDER_REPORT", "1")],
+    );
+    let addr = server_addr(&mut esm);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape(addr);
+        let dropped = metric(
+            &samples,
+            "esm_dropped_events_total",
+            &[("mapping", MAPPING), ("reason", "retries_exhausted")],
+        );
+        if dropped >= 15.0 {
+            break samples;
+        }
+        esm.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "nothing dropped: {}",
+            esm.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let of = |name: &str, labels: &[(&str, &str)]| {
+        let mut all = vec![("mapping", MAPPING)];
+        all.extend_from_slice(labels);
+        metric(&samples, name, &all)
+    };
+    assert_eq!(of("esm_polled_events_total", &[]), 20.0);
+    assert_eq!(
+        of("esm_invoked_events_total", &[]),
+        35.0,
+        "20, then 15 again"
+    );
+    assert_eq!(
+        of("esm_failed_invoke_events_total", &[]),
+        2.0,
+        "the record named, once per invocation"
+    );
+    assert_eq!(
+        of("esm_invocations_total", &[("outcome", "partial_failure")]),
+        2.0
+    );
+    assert_eq!(of("esm_invocations_total", &[("outcome", "ok")]), 0.0);
+    assert_eq!(
+        of(
+            "esm_dropped_events_total",
+            &[("reason", "retries_exhausted")]
+        ),
+        15.0
+    );
+    esm.stop(Duration::from_secs(30));
+}

@@ -60,14 +60,6 @@ pub struct ShardReporter {
 }
 
 impl ShardReporter {
-    /// A reporter no one reads (for runners outside `esm run`).
-    pub fn detached() -> Self {
-        Self {
-            read: Arc::new(AtomicBool::new(false)),
-            requests: mpsc::channel(1).1,
-        }
-    }
-
     /// Marks the shard read.
     pub fn mark_read(&self) {
         if !self.read.load(Ordering::Relaxed) {
