@@ -57,11 +57,59 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show or move a mapping's checkpoints while esm is stopped: rewind or skip
+    /// without recreating the mapping.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Check a config file: exit 0 with a summary, or 2 with one line per problem.
     Validate {
         /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+    },
+}
+
+/// `esm checkpoint show|set`.
+#[derive(Debug, Subcommand)]
+pub enum CheckpointCommand {
+    /// List the mapping's shards with their checkpoints and where the next run reads.
+    Show {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The mapping.
+        #[arg(long)]
+        mapping: String,
+        /// Only this shard.
+        #[arg(long)]
+        shard: Option<String>,
+    },
+    /// Move one shard (--shard) or all of them; the next `esm run` reads from there.
+    #[command(group(clap::ArgGroup::new("to").required(true).args(["sequence", "at_timestamp", "trim_horizon", "latest"])))]
+    Set {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The mapping.
+        #[arg(long)]
+        mapping: String,
+        /// Only this shard (default: every shard of the mapping).
+        #[arg(long)]
+        shard: Option<String>,
+        /// SEQ itself is the next record read (as AT_SEQUENCE_NUMBER): the records
+        /// before it are skipped, SEQ and those after it are handled.
+        #[arg(long, value_name = "SEQ")]
+        sequence: Option<String>,
+        /// The first record read is the first that arrived at or after this time
+        /// (RFC 3339, e.g. 2026-11-22T10:00:00Z).
+        #[arg(long, value_name = "RFC3339")]
+        at_timestamp: Option<String>,
+        /// Read from the oldest record in the shard.
+        #[arg(long)]
+        trim_horizon: bool,
+        /// Skip every record already in the shard: read only those put after now.
+        #[arg(long)]
+        latest: bool,
     },
 }
 
@@ -119,6 +167,7 @@ pub fn execute(cli: Cli, registry: Registry) -> u8 {
         Command::Run { config } => run(&config, registry),
         Command::Replay(args) => replay(args, registry),
         Command::Status { config } => status(&config),
+        Command::Checkpoint(command) => checkpoint(command),
     }
 }
 
@@ -205,6 +254,71 @@ pub(crate) fn async_runtime() -> Option<tokio::runtime::Runtime> {
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
             None
+        }
+    }
+}
+
+fn checkpoint(command: CheckpointCommand) -> u8 {
+    use crate::checkpoint_tool;
+    use crate::core::checkpoint::MoveTo;
+    let (config_path, mapping, shard) = match &command {
+        CheckpointCommand::Show {
+            config,
+            mapping,
+            shard,
+        }
+        | CheckpointCommand::Set {
+            config,
+            mapping,
+            shard,
+            ..
+        } => (config, mapping, shard.as_deref()),
+    };
+    let to = match &command {
+        CheckpointCommand::Show { .. } => None,
+        CheckpointCommand::Set {
+            sequence,
+            at_timestamp,
+            trim_horizon,
+            latest,
+            ..
+        } => Some(match (sequence, at_timestamp, trim_horizon, latest) {
+            (Some(seq), ..) => match crate::core::record::SequenceNumber::parse(seq.as_str()) {
+                Some(seq) => MoveTo::Sequence(seq),
+                None => {
+                    eprintln!("--sequence: {seq:?} is not a sequence number (digits only)");
+                    return EXIT_BAD_CONFIG;
+                }
+            },
+            (None, Some(at), ..) => match chrono::DateTime::parse_from_rfc3339(at) {
+                Ok(at) => MoveTo::Timestamp(at.with_timezone(&chrono::Utc)),
+                Err(e) => {
+                    eprintln!("--at-timestamp: {at:?} is not an RFC 3339 time ({e})");
+                    return EXIT_BAD_CONFIG;
+                }
+            },
+            (None, None, true, _) => MoveTo::TrimHorizon,
+            _ => MoveTo::Latest,
+        }),
+    };
+    let (cfg, runtime) = match config_and_runtime(config_path) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let done = runtime.block_on(async {
+        match &to {
+            None => checkpoint_tool::show(&cfg, mapping, shard).await,
+            Some(to) => checkpoint_tool::set(&cfg, mapping, shard, to).await,
+        }
+    });
+    match done {
+        Ok(table) => {
+            print!("{table}");
+            EXIT_OK
+        }
+        Err(e) => {
+            eprintln!("esm checkpoint: {e}");
+            e.exit_code()
         }
     }
 }

@@ -20,6 +20,7 @@
 //! To run in-process handlers, a binary registers them and hands over to the CLI:
 //! see [`cli`].
 
+pub mod checkpoint_tool;
 pub mod cli;
 pub mod config;
 pub mod core;

@@ -527,6 +527,7 @@ impl ShardMachine {
             (None, StartAt::TrimHorizon) => ReadFrom::TrimHorizon,
             (None, StartAt::Latest) => ReadFrom::Latest,
             (None, StartAt::AtTimestamp(timestamp)) => ReadFrom::AtTimestamp(*timestamp),
+            (None, StartAt::AtSequence(sequence)) => ReadFrom::AtSequence(sequence.clone()),
         }
     }
 

@@ -1,0 +1,177 @@
+//! `esm checkpoint show|set`: see and move a mapping's checkpoints without recreating
+//! the mapping (which is all Lambda offers).
+//!
+//! It works on the local store while esm is stopped: the store's file lock is held by
+//! a running esm, so opening it tells whether one runs, and the command refuses with
+//! a message saying so rather than racing the runner. Where a moved shard starts is
+//! decided in the core ([`ShardCheckpoint::moved_to`]); this module only reads and
+//! writes the store and prints.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::{Config, StoreConfig};
+use crate::core::checkpoint::{MoveTo, ShardCheckpoint};
+use crate::store::local::{LocalStore, FILE_NAME};
+use crate::store::{CheckpointStore, StoreError};
+
+/// Why `esm checkpoint` did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The arguments name something that does not exist (exit code 2).
+    #[error("{0}")]
+    BadArguments(String),
+    /// The store cannot be used now (exit code 1).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl CheckpointError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CheckpointError::BadArguments(_) => crate::cli::EXIT_BAD_CONFIG,
+            CheckpointError::Unavailable(_) => crate::cli::EXIT_FAILURE,
+        }
+    }
+}
+
+/// Opens the local store of `config`, unless a running esm holds it.
+fn open_store(config: &Config) -> Result<(LocalStore, String), CheckpointError> {
+    let path = match &config.store {
+        StoreConfig::Local { path } => path,
+        StoreConfig::DynamoDb { table } => {
+            return Err(CheckpointError::Unavailable(format!(
+                "the DynamoDB store (table {table}) is not built yet"
+            )))
+        }
+    };
+    let shown = path.display().to_string();
+    if !Path::new(path).join(FILE_NAME).exists() {
+        return Err(CheckpointError::Unavailable(format!(
+            "there is no checkpoint store at {shown} (esm has not run with this config)"
+        )));
+    }
+    let store = LocalStore::open(path).map_err(|e| match e {
+        StoreError::InUse { .. } => CheckpointError::Unavailable(format!(
+            "the checkpoint store at {shown} is in use by a running esm: stop it first \
+             (checkpoints move only while esm is stopped; `esm status` shows a running one's)"
+        )),
+        other => CheckpointError::Unavailable(other.to_string()),
+    })?;
+    Ok((store, shown))
+}
+
+/// Checks that `mapping` is in the config.
+fn check_mapping(config: &Config, mapping: &str) -> Result<(), CheckpointError> {
+    if config.mappings.iter().any(|m| m.name == mapping) {
+        return Ok(());
+    }
+    let names: Vec<&str> = config.mappings.iter().map(|m| m.name.as_str()).collect();
+    Err(CheckpointError::BadArguments(format!(
+        "no mapping named {mapping:?} in the config (it has: {})",
+        names.join(", ")
+    )))
+}
+
+/// The shards to act on: `shard` alone, or every shard the store knows.
+fn pick<'a>(
+    known: &'a BTreeMap<String, ShardCheckpoint>,
+    mapping: &str,
+    shard: Option<&str>,
+) -> Result<Vec<(&'a String, &'a ShardCheckpoint)>, CheckpointError> {
+    match shard {
+        Some(id) => known
+            .get_key_value(id)
+            .map(|found| vec![found])
+            .ok_or_else(|| {
+                CheckpointError::BadArguments(format!(
+                    "mapping {mapping} has no shard {id} in the store (it has: {})",
+                    known.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            }),
+        None if known.is_empty() => Err(CheckpointError::Unavailable(format!(
+            "mapping {mapping} has no shard in the store yet: run esm once first"
+        ))),
+        None => Ok(known.iter().collect()),
+    }
+}
+
+/// `esm checkpoint show`: one line per shard.
+pub async fn show(
+    config: &Config,
+    mapping: &str,
+    shard: Option<&str>,
+) -> Result<String, CheckpointError> {
+    check_mapping(config, mapping)?;
+    let (store, path) = open_store(config)?;
+    let known = store
+        .load(mapping)
+        .await
+        .map_err(|e| CheckpointError::Unavailable(e.to_string()))?;
+    let rows = pick(&known, mapping, shard)?;
+    Ok(table(&path, mapping, &rows))
+}
+
+/// `esm checkpoint set`: moves `shard` (or every shard) to `to`; returns what it
+/// wrote, as `show` prints it.
+pub async fn set(
+    config: &Config,
+    mapping: &str,
+    shard: Option<&str>,
+    to: &MoveTo,
+) -> Result<String, CheckpointError> {
+    check_mapping(config, mapping)?;
+    let (store, path) = open_store(config)?;
+    let known = store
+        .load(mapping)
+        .await
+        .map_err(|e| CheckpointError::Unavailable(e.to_string()))?;
+    let picked: Vec<String> = pick(&known, mapping, shard)?
+        .into_iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    let moved = ShardCheckpoint::moved_to(to, chrono::Utc::now());
+    let unavailable = |e: StoreError| CheckpointError::Unavailable(e.to_string());
+    for id in &picked {
+        let lease = store.acquire(mapping, id).await.map_err(unavailable)?;
+        store
+            .save(mapping, id, &moved, &lease)
+            .await
+            .map_err(unavailable)?;
+        tracing::info!(mapping, shard = %id, next_read = %moved.next_read(), "checkpoint moved");
+    }
+    let after = store.load(mapping).await.map_err(unavailable)?;
+    let rows: Vec<_> = after.iter().filter(|(id, _)| picked.contains(id)).collect();
+    Ok(table(&path, mapping, &rows))
+}
+
+/// The shards as a table: shard, checkpoint, where the next run reads, finished.
+fn table(path: &str, mapping: &str, rows: &[(&String, &ShardCheckpoint)]) -> String {
+    let header = ["SHARD", "CHECKPOINT", "NEXT READ", "FINISHED"].map(str::to_owned);
+    let mut lines = vec![header];
+    for (id, c) in rows {
+        lines.push([
+            (*id).clone(),
+            c.checkpoint
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), ToString::to_string),
+            c.next_read(),
+            if c.finished { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4)
+        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("mapping {mapping}, checkpoint store at {path}\n");
+    for line in lines {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
