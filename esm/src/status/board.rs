@@ -1,6 +1,6 @@
 //! The board the runners write and the server reads; see the [module](super) docs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -101,10 +101,11 @@ impl MappingBoard {
     /// The mapping has listed its shards (all of them reported with [`Self::listed`]);
     /// shards no longer listed (trimmed from the stream) are forgotten.
     pub fn listing_done(&self, listed: &[&str]) {
+        let listed: HashSet<&str> = listed.iter().copied().collect();
         let mut view = self.lock();
         view.listed = true;
         view.shards
-            .retain(|id, entry| entry.live.is_some() || listed.contains(&id.as_str()));
+            .retain(|id, entry| entry.live.is_some() || listed.contains(id.as_str()));
     }
 
     /// A runner starts on `shard`: it reports through the returned reporter.
