@@ -135,7 +135,7 @@ pub async fn connect(
     match arn.kind {
         DestinationKind::Sqs => {
             let parts = ArnFields::parse(&arn.arn)?;
-            let client = aws_sdk_sqs::Client::new(&sdk_config(parts.region).await);
+            let client = sqs_client(parts.region, 1).await;
             Ok(Arc::new(sqs::SqsDestination::new(client, &arn.arn, parts)))
         }
         DestinationKind::Sns => {
@@ -144,10 +144,20 @@ pub async fn connect(
             Ok(Arc::new(sns::SnsDestination::new(client, &arn.arn, parts)))
         }
         DestinationKind::S3 => {
-            let client = s3::client(region).await;
+            let client = s3::client(region, 1).await;
             Ok(Arc::new(s3::S3Destination::new(client, &arn.arn, mapping)?))
         }
     }
+}
+
+/// An SQS client for queues in `region`, from the shared SDK configuration, making
+/// up to `max_attempts` attempts per call (1 for the runner, which retries itself;
+/// more for `esm replay`, which reads queues interactively).
+pub async fn sqs_client(region: &str, max_attempts: u32) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::from(&sdk_config(region).await)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(max_attempts))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
 
 /// The shared SDK configuration for a destination in `region`.

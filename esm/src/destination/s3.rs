@@ -21,14 +21,16 @@ use super::{classify, DestinationError, FailureDestination, GivenUp};
 use crate::core::on_failure::{mapping_uuid, s3_key, s3_object_body};
 
 /// An S3 client for buckets used with a stream in `region`, from the shared SDK
-/// configuration (the runner's and `esm replay`'s alike).
-pub async fn client(region: &str) -> aws_sdk_s3::Client {
+/// configuration (the runner's and `esm replay`'s alike), making up to
+/// `max_attempts` attempts per call.
+pub async fn client(region: &str, max_attempts: u32) -> aws_sdk_s3::Client {
     let shared = super::sdk_config(region).await;
     let overridden = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
         .iter()
         .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
     let config = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(overridden)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(max_attempts))
         .build();
     aws_sdk_s3::Client::from_conf(config)
 }

@@ -266,7 +266,7 @@ async fn s3_destination_writes_the_record_with_its_payload_at_lambdas_key() {
     if no_emulator("s3_destination_writes_the_record_with_its_payload_at_lambdas_key") {
         return;
     }
-    let s3 = super::s3_client("us-east-1").await;
+    let s3 = super::s3_client("us-east-1", 1).await;
     let bucket = unique("esm-failures");
     s3.create_bucket()
         .bucket(&bucket)
