@@ -30,8 +30,8 @@ impl CheckpointError {
     /// The process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CheckpointError::BadArguments(_) => crate::cli::EXIT_BAD_CONFIG,
-            CheckpointError::Unavailable(_) => crate::cli::EXIT_FAILURE,
+            CheckpointError::BadArguments(_) => crate::exit::EXIT_BAD_CONFIG,
+            CheckpointError::Unavailable(_) => crate::exit::EXIT_FAILURE,
         }
     }
 }

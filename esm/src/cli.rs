@@ -21,12 +21,7 @@ use crate::config;
 use crate::invoke::Registry;
 use crate::runner::app::{self, RunError};
 
-/// Exit code: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: runtime failure.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code: bad arguments or config.
-pub const EXIT_BAD_CONFIG: u8 = 2;
+pub use crate::exit::{EXIT_BAD_CONFIG, EXIT_FAILURE, EXIT_OK};
 
 /// A self-hosted, Lambda-compatible event source mapping for Amazon Kinesis.
 #[derive(Debug, Parser)]
@@ -129,7 +124,8 @@ pub struct ReplayArgs {
     /// Read the on-failure records from this JSON-lines file.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Read the on-failure records from this S3 prefix (not supported yet).
+    /// Read the on-failure objects under this S3 prefix (s3://BUCKET/PREFIX); they
+    /// carry their records, so the stream is not read.
     #[arg(long)]
     pub s3_uri: Option<String>,
     /// Write the records as Kinesis event records (JSON lines) instead of invoking.
@@ -175,10 +171,7 @@ fn replay(args: ReplayArgs, registry: Registry) -> u8 {
     let source = match (args.queue_url, args.file, args.s3_uri) {
         (Some(url), None, None) => crate::replay::ReplaySource::Queue(url),
         (None, Some(file), None) => crate::replay::ReplaySource::File(file),
-        (None, None, Some(_)) => {
-            eprintln!("not supported yet: --s3-uri");
-            return EXIT_BAD_CONFIG;
-        }
+        (None, None, Some(uri)) => crate::replay::ReplaySource::S3(uri),
         _ => {
             eprintln!("give exactly one of --queue-url, --file, --s3-uri");
             return EXIT_BAD_CONFIG;
@@ -239,21 +232,6 @@ fn status(path: &std::path::Path) -> u8 {
         Err(e) => {
             eprintln!("esm status: {e}");
             EXIT_FAILURE
-        }
-    }
-}
-
-/// The multi-threaded tokio runtime the commands run on; `None` (after saying why on
-/// stderr) when it cannot start.
-pub(crate) fn async_runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            None
         }
     }
 }
@@ -332,7 +310,7 @@ fn config_and_runtime(
         eprintln!("{problems}");
         EXIT_BAD_CONFIG
     })?;
-    let runtime = async_runtime().ok_or(EXIT_FAILURE)?;
+    let runtime = crate::exit::async_runtime().ok_or(EXIT_FAILURE)?;
     Ok((cfg, runtime))
 }
 

@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod destination;
+pub mod exit;
 pub mod invoke;
 pub mod logging;
 pub mod metrics;

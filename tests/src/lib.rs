@@ -812,6 +812,81 @@ pub async fn sns() -> aws_sdk_sns::Client {
     aws_sdk_sns::Client::new(&sdk_config().await)
 }
 
+/// An S3 client for the emulator (path-style: moto serves buckets under its address).
+pub async fn s3() -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(&sdk_config().await)
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Creates a bucket (a unique, lowercase name from `prefix`); returns its name and ARN.
+pub async fn bucket(client: &aws_sdk_s3::Client, prefix: &str) -> (String, String) {
+    let name = unique_name(prefix).to_lowercase();
+    client
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("CreateBucket");
+    let arn = format!("arn:aws:s3:::{name}");
+    (name, arn)
+}
+
+/// The keys under `prefix` in `bucket` (every page), waiting up to 60 s for at
+/// least `n` of them.
+pub async fn objects(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let keys: Vec<String> = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .expect("ListObjectsV2")
+            .iter()
+            .flat_map(|page| {
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string))
+            })
+            .collect();
+        if keys.len() >= n {
+            return keys;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} objects arrived",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The body of object `key`.
+pub async fn object_body(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+    client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .expect("GetObject")
+        .body
+        .collect()
+        .await
+        .expect("the object's body")
+        .to_vec()
+}
+
 async fn sdk_config() -> aws_config::SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
         .region(aws_config::Region::new(REGION))
@@ -1630,5 +1705,76 @@ impl Esm {
     /// e.g. a benchmark noticing that a build refuses a setting.
     pub fn exit_status(&mut self) -> std::io::Result<Option<ExitStatus>> {
         self.child.try_wait()
+    }
+}
+
+// --- S3 on-failure destination ---
+
+/// A run whose one poison record went to an S3 bucket: what was put, the bucket and
+/// the one object it holds.
+pub struct PoisonInS3 {
+    /// The stream (deleted when dropped).
+    pub stream: TestStream,
+    /// The records put.
+    pub put: Vec<PutRecord>,
+    /// The index of the poison record in `put` (its data is `record_payload(poison, 100)`).
+    pub poison: usize,
+    /// The bucket.
+    pub bucket: String,
+    /// The keys in the bucket (exactly one, checked).
+    pub keys: Vec<String>,
+    /// The body of the object.
+    pub body: Vec<u8>,
+    /// The directory of the config and the store.
+    pub dir: tempfile::TempDir,
+    /// The config (mapping `mapping`, the recorder function, the bucket as destination).
+    pub config: PathBuf,
+}
+
+/// Runs esm on a fresh 30-record stream whose record `poison` fails (bisect, partial
+/// failures, one retry) with the bucket as on-failure destination, until the other
+/// 29 records were handled and the object landed; stops esm and reads the bucket.
+pub async fn poison_to_s3(mapping: &str, poison: usize) -> PoisonInS3 {
+    let client = kinesis().await;
+    let stream = TestStream::create(&client, mapping, 1).await;
+    let put = put_records(&client, &stream, 0, 30, 100, 4).await;
+    let s3 = s3().await;
+    let (bucket, arn) = bucket(&s3, mapping).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = write_config_function(
+        dir.path(),
+        mapping,
+        &stream,
+        "starting_position = \"TRIM_HORIZON\"\n",
+        "batch_size = 10\nbisect_batch_on_function_error = true\nfunction_response_types = [\"ReportBatchItemFailures\"]\nmaximum_retry_attempts = 1\n",
+        &with_destination(&arn),
+    );
+    let marker = format!("\"n\":{poison},");
+    let mut esm = Esm::start(
+        dir.path(),
+        &config,
+        &[("RECORDER_POISON", &marker), ("RECORDER_REPORT", "1")],
+    );
+    wait_for(
+        &mut esm,
+        Duration::from_secs(60),
+        "every record but the poison one",
+        |b| count_records(b) >= 29,
+    );
+    objects(&s3, &bucket, "aws/lambda/", 1).await;
+    let batches = esm.stop(Duration::from_secs(30));
+    assert_eq!(count_records(&batches), 29);
+    let keys = objects(&s3, &bucket, "", 1).await;
+    assert_eq!(keys.len(), 1, "exactly one object: {keys:?}");
+    let body = object_body(&s3, &bucket, &keys[0]).await;
+    PoisonInS3 {
+        stream,
+        put,
+        poison,
+        bucket,
+        keys,
+        body,
+        dir,
+        config,
     }
 }

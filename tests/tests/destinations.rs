@@ -268,3 +268,54 @@ async fn records_past_their_maximum_age_reach_the_queue_uninvoked() {
         old[0].seq.as_str()
     );
 }
+
+/// A poison record with an S3 bucket as destination: exactly one object, at
+/// Lambda's key layout, holding the on-failure record plus the invocation event of
+/// that record alone as `payload`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_poison_record_alone_lands_in_the_s3_bucket_with_its_payload() {
+    use base64::Engine as _;
+    let poison = 17;
+    let run = poison_to_s3("dest-s3", poison).await;
+    let record = &run.put[poison];
+
+    let mut object: serde_json::Value = serde_json::from_slice(&run.body).expect("JSON");
+    let payload = object
+        .as_object_mut()
+        .and_then(|o| o.remove("payload"))
+        .expect("a payload");
+    assert_poison_alone(&object, record, &run.stream);
+
+    // aws/lambda/<mapping-uuid>/<shardId>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<requestId>
+    let at = chrono::DateTime::parse_from_rfc3339(object["timestamp"].as_str().unwrap())
+        .unwrap()
+        .to_utc();
+    assert_eq!(
+        run.keys[0],
+        format!(
+            "aws/lambda/{}/{}/{}-{}",
+            esm::core::on_failure::mapping_uuid("dest-s3"),
+            record.shard,
+            at.format("%Y/%m/%d/%Y-%m-%dT%H.%M.%S"),
+            object["requestContext"]["requestId"].as_str().unwrap()
+        )
+    );
+
+    // The payload: the event the function got for that record alone.
+    let records = payload["Records"].as_array().expect("Records");
+    assert_eq!(records.len(), 1, "{payload}");
+    let r = &records[0];
+    assert_eq!(r["kinesis"]["sequenceNumber"], record.seq.as_str());
+    assert_eq!(r["kinesis"]["partitionKey"], record.key.as_str());
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(r["kinesis"]["data"].as_str().unwrap())
+            .unwrap(),
+        record_payload(poison, 100)
+    );
+    assert_eq!(r["eventSourceARN"], stream_arn(&run.stream).as_str());
+    assert_eq!(
+        r["eventID"],
+        format!("{}:{}", record.shard, record.seq).as_str()
+    );
+}

@@ -1,7 +1,8 @@
 //! `esm replay` end to end: a batch that failed for good reaches an SQS queue as an
 //! on-failure record; replay reads its records back from the stream and writes
 //! them (`--out`), re-invokes the fixed function (`--delete` empties the queue), and
-//! does the same from a `--file`.
+//! does the same from a `--file`. A poison record sent to an S3 bucket is replayed
+//! from the object's payload after the stream is gone.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -170,8 +171,8 @@ async fn replays_a_failed_batch_from_the_queue_and_a_file() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out_lines(&out_file_c), expected);
 
-    // --s3-uri is not supported yet: exit 2.
-    let out = replay(&config, &["--s3-uri", "s3://bucket/prefix"], &handler_out);
+    // An --s3-uri that is not s3://BUCKET/PREFIX: exit 2.
+    let out = replay(&config, &["--s3-uri", "bucket/prefix"], &handler_out);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // (b) re-invoke the fixed handler and delete the message.
@@ -193,4 +194,76 @@ async fn replays_a_failed_batch_from_the_queue_and_a_file() {
         0,
         "--delete empties the queue"
     );
+}
+
+/// The S3 destination keeps the records: after the stream is deleted, `esm replay
+/// --s3-uri` still writes the poison record exactly as the handler got it, and
+/// re-invokes the function with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_a_poison_record_from_s3_after_the_stream_is_gone() {
+    let poison = 21;
+    let run = poison_to_s3("replay", poison).await;
+    let record = run.put[poison].clone();
+    let stream = run.stream.to_string();
+    let (dir, config) = (run.dir, run.config);
+    let body = String::from_utf8(run.body.clone()).expect("a UTF-8 object");
+
+    // Delete the stream (the helper's drop deletes it, and waits).
+    drop(run.stream);
+    let client = kinesis().await;
+    let gone = client
+        .describe_stream_summary()
+        .stream_name(&stream)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the stream {stream} is deleted");
+
+    let uri = format!("s3://{}/aws/lambda/", run.bucket);
+    let out_file = dir.path().join("from-s3.jsonl");
+    let handler_out = dir.path().join("handler-s3.jsonl");
+    let out = replay(
+        &config,
+        &["--s3-uri", &uri, "--out", out_file.to_str().unwrap()],
+        &handler_out,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("replay: 1 batches, 1 records, 1 written, 0 failed, 0 expired"),
+        "{}",
+        text(&out)
+    );
+    // Exactly that record, byte for byte as stored (and as the handler got it).
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len(), 1, "{written}");
+    assert!(
+        lines[0].starts_with(r#"{"kinesis":{"#)
+            && body.contains(&format!(r#""payload":{{"Records":[{}]}}"#, lines[0])),
+        "the line is the payload's one record as stored:\n{}\n{body}",
+        lines[0]
+    );
+    let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(
+        out_lines(&out_file),
+        [(record.seq.clone(), record_payload(poison, 100))]
+    );
+    assert_eq!(line["kinesis"]["partitionKey"], record.key.as_str());
+    assert_eq!(
+        line["eventID"],
+        format!("{}:{}", record.shard, record.seq).as_str()
+    );
+    assert_eq!(records_seen(&handler_out), 0, "--out invokes nothing");
+
+    // Re-invoked (the poison marker is off for replay): one invocation of that record.
+    let out = replay(&config, &["--s3-uri", &uri], &handler_out);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 re-invoked, 0 failed, 0 expired"),
+        "{}",
+        text(&out)
+    );
+    let batches = read_batches(&handler_out);
+    assert_eq!(batches.len(), 1, "one invocation");
+    assert_eq!(seqs(&batches).collect::<Vec<_>>(), [record.seq.as_str()]);
 }

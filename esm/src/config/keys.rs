@@ -29,7 +29,7 @@ use super::mapping::{
     read_function, read_name, read_response_types, read_starting_position,
     STARTING_POSITION_TIMESTAMP,
 };
-use super::support::{s3_destination, NotYet};
+use super::support::NotYet;
 use super::walk::{Reader, Sink};
 use super::FunctionConfig;
 use crate::core::checkpoint::StartAt;
@@ -108,6 +108,8 @@ macro_rules! mapping_keys {
 
             /// The settings of this mapping that esm does not support yet.
             pub(crate) fn not_supported_yet(&self) -> Vec<NotYet> {
+                // `mut` is unused while no key is marked `unsupported:`.
+                #[allow(unused_mut)]
                 let mut found = Vec::new();
                 $($(found.extend($unsupported($key, &self.$field));)?)*
                 found
@@ -169,7 +171,7 @@ mapping_keys! {
     /// Where batches that ran out of retries or age go
     /// (`[mapping.destination_config.on_failure] destination`).
     on_failure_destination: Option<DestinationArn> { key: "destination_config",
-        read: custom(read_destination), default: None, unsupported: s3_destination }
+        read: custom(read_destination), default: None }
     /// esm extension: the GetRecords calls per second each shard's reader may
     /// make, above 0 and at most 5. Kinesis allows 5 calls/s per shard, shared by
     /// every consumer of the stream, so lower this when other applications read it.

@@ -6,7 +6,7 @@
 use super::mapping::mapping_paths;
 use super::problems::{quote, Problem};
 use super::walk::child_path;
-use super::{Config, DestinationArn, DestinationKind, StoreConfig};
+use super::{Config, StoreConfig};
 
 /// A setting that is valid but not built yet: shown at `at` (under its
 /// mapping, if any) as `not supported yet: KEY = VALUE (WHY)`.
@@ -50,15 +50,4 @@ pub fn check_supported(config: &Config) -> Vec<Problem> {
         problems.extend(m.not_supported_yet().into_iter().map(|n| n.problem(&path)));
     }
     problems
-}
-
-/// `destination_config`: an S3 bucket as the on-failure destination.
-pub(crate) fn s3_destination(key: &str, destination: &Option<DestinationArn>) -> Option<NotYet> {
-    let destination = destination.as_ref()?;
-    (destination.kind == DestinationKind::S3).then(|| NotYet {
-        at: format!("{key}.on_failure.destination"),
-        key: "destination",
-        value: quote(&destination.arn),
-        why: "S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic",
-    })
 }

@@ -390,10 +390,11 @@ fn supported_non_default_settings_pass() {
 }
 
 #[test]
-fn sqs_and_sns_destinations_are_supported() {
+fn sqs_sns_and_s3_destinations_are_supported() {
     for arn in [
         "arn:aws:sqs:eu-west-1:123456789012:orders-failures",
         "arn:aws:sns:eu-west-1:123456789012:orders-failures",
+        "arn:aws:s3:::orders-failures",
     ] {
         let config = valid(&with(&format!(
             "[mapping.destination_config.on_failure]\ndestination = \"{arn}\""
@@ -406,18 +407,6 @@ fn sqs_and_sns_destinations_are_supported() {
             Some(arn)
         );
     }
-}
-
-#[test]
-fn an_s3_destination_is_not_supported_yet() {
-    assert_eq!(
-        all_problems(&with(
-            "[mapping.destination_config.on_failure]\ndestination = \"arn:aws:s3:::orders-failures\""
-        )),
-        vec![
-            "mapping[orders].destination_config.on_failure.destination: not supported yet: destination = \"arn:aws:s3:::orders-failures\" (S3 on-failure destinations are not built yet; use an SQS queue or an SNS topic)"
-        ]
-    );
 }
 
 #[test]

@@ -29,6 +29,7 @@ use chrono::{DateTime, Utc};
 
 use super::backoff::Backoff;
 use super::batch::Batch;
+use super::record::Record;
 use super::response::{batch_item_failures, Verdict};
 
 /// How an invocation ended, as the invoker reports it.
@@ -234,6 +235,72 @@ impl FailureRules {
     }
 }
 
+/// What an invocation's outcome says about the records it carried: how it counts,
+/// and which records it settles. The one place these rules live; the shard machine
+/// (through [`BatchProgress::record`]) and `esm replay` both judge with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Judgement {
+    /// How the invocation counts in the metrics.
+    pub judged: Judged,
+    /// What happened to the records.
+    pub fate: Fate,
+}
+
+/// What an invocation did to its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Every record succeeded.
+    Succeeded,
+    /// The records from index `first` on failed; those before it succeeded.
+    FailedFrom {
+        /// The index of the first failed record (0: the whole batch failed).
+        first: usize,
+        /// How they failed, as the on-failure record tells it.
+        how: LastFailure,
+    },
+    /// The function could not be invoked at all: nothing happened to the records.
+    NotInvoked,
+}
+
+/// Judges `outcome` for `records` (the invocation's records, in order), with
+/// `ReportBatchItemFailures` on or off: Lambda's rules of SPEC §3 and §5.
+pub fn judge(outcome: &Outcome, report_item_failures: bool, records: &[Record]) -> Judgement {
+    let all = records.len();
+    let failed = |first: usize, how: LastFailure| Fate::FailedFrom { first, how };
+    let (fate, judged) = match outcome {
+        Outcome::NotInvoked { .. } => (
+            Fate::NotInvoked,
+            Judged::new(InvocationOutcome::Throttled, all),
+        ),
+        Outcome::Returned { response } if report_item_failures => {
+            match batch_item_failures(response, records) {
+                Verdict::Success => (Fate::Succeeded, Judged::new(InvocationOutcome::Ok, 0)),
+                Verdict::FailedFrom { first, named } => (
+                    failed(first, LastFailure::ItemFailures),
+                    Judged::new(InvocationOutcome::PartialFailure, named),
+                ),
+                Verdict::Failed(reason) => (
+                    failed(0, LastFailure::Unhandled),
+                    Judged {
+                        unreadable_response: Some(reason),
+                        ..Judged::new(InvocationOutcome::PartialFailure, all)
+                    },
+                ),
+            }
+        }
+        Outcome::Returned { .. } => (Fate::Succeeded, Judged::new(InvocationOutcome::Ok, 0)),
+        Outcome::FunctionError { .. } | Outcome::Timeout | Outcome::Crash { .. } => {
+            let counted = match outcome {
+                Outcome::FunctionError { .. } => InvocationOutcome::FunctionError,
+                Outcome::Timeout => InvocationOutcome::Timeout,
+                _ => InvocationOutcome::Crash,
+            };
+            (failed(0, LastFailure::Unhandled), Judged::new(counted, all))
+        }
+    };
+    Judgement { judged, fate }
+}
+
 /// A piece of the batch still to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Piece {
@@ -354,53 +421,29 @@ impl BatchProgress {
                 judged: Judged::new(InvocationOutcome::Ok, 0),
             };
         };
-        let records = piece.range.len();
-        let (failure, judged) = match outcome {
-            Outcome::NotInvoked { .. } => {
+        let Judgement { judged, fate } = judge(
+            outcome,
+            rules.report_item_failures,
+            &batch.records[piece.range.clone()],
+        );
+        let failure = match fate {
+            Fate::NotInvoked => {
                 piece.not_invoked = piece.not_invoked.saturating_add(1);
                 piece.wait = Some(rules.retry_backoff.delay(piece.not_invoked - 1, jitter));
                 self.pieces.push_front(piece);
-                return Recorded {
-                    settled,
-                    judged: Judged::new(InvocationOutcome::Throttled, records),
-                };
+                return Recorded { settled, judged };
             }
-            Outcome::Returned { response } if rules.report_item_failures => {
+            Fate::Succeeded => {
                 piece.invocations += 1;
-                match batch_item_failures(response, &batch.records[piece.range.clone()]) {
-                    Verdict::Success => (None, Judged::new(InvocationOutcome::Ok, 0)),
-                    Verdict::FailedFrom { first, named } => {
-                        if first > 0 {
-                            settled
-                                .push(Action::Done(piece.range.start..piece.range.start + first));
-                        }
-                        piece.range.start += first;
-                        (
-                            Some(LastFailure::ItemFailures),
-                            Judged::new(InvocationOutcome::PartialFailure, named),
-                        )
-                    }
-                    Verdict::Failed(reason) => (
-                        Some(LastFailure::Unhandled),
-                        Judged {
-                            unreadable_response: Some(reason),
-                            ..Judged::new(InvocationOutcome::PartialFailure, records)
-                        },
-                    ),
+                None
+            }
+            Fate::FailedFrom { first, how } => {
+                piece.invocations += 1;
+                if first > 0 {
+                    settled.push(Action::Done(piece.range.start..piece.range.start + first));
                 }
-            }
-            Outcome::Returned { .. } => {
-                piece.invocations += 1;
-                (None, Judged::new(InvocationOutcome::Ok, 0))
-            }
-            Outcome::FunctionError { .. } | Outcome::Timeout | Outcome::Crash { .. } => {
-                piece.invocations += 1;
-                let outcome = match outcome {
-                    Outcome::FunctionError { .. } => InvocationOutcome::FunctionError,
-                    Outcome::Timeout => InvocationOutcome::Timeout,
-                    _ => InvocationOutcome::Crash,
-                };
-                (Some(LastFailure::Unhandled), Judged::new(outcome, records))
+                piece.range.start += first;
+                Some(how)
             }
         };
         piece.not_invoked = 0;

@@ -1,8 +1,11 @@
 //! On-failure destinations: where a mapping's records go when their retries or
 //! their age ran out (SPEC §5).
 //!
-//! A destination gets one JSON record per failed batch, Lambda's own shape, and
-//! is told nothing else. The runner owns retrying: the checkpoint never passes a
+//! A destination gets one JSON record per failed batch, Lambda's own shape, in a
+//! [`GivenUp`]; a queue or a topic sends just that, while an S3 bucket also keeps
+//! the invocation event of the records (so they can be replayed after the stream
+//! dropped them), which the runner builds only for a destination that says it
+//! [keeps the payload](FailureDestination::keeps_payload). The runner owns retrying: the checkpoint never passes a
 //! batch until its send succeeded, so [`FailureDestination::send`] makes exactly
 //! one attempt and says, through [`DestinationError`], whether trying again can
 //! help ([`DestinationError::Transient`]) or needs a person (a missing queue or
@@ -10,9 +13,10 @@
 //!
 //! Clients are built like the Kinesis client (`source::kinesis`): endpoint and
 //! credentials only through the standard AWS provider chain (so
-//! `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL_SNS` point esm at an emulator and the
-//! same binary talks to AWS unchanged), the region taken from the destination's
-//! ARN, and the SDK's own retries off, since the runner backs off and counts.
+//! `AWS_ENDPOINT_URL_SQS` / `AWS_ENDPOINT_URL_SNS` / `AWS_ENDPOINT_URL_S3` point esm
+//! at an emulator and the same binary talks to AWS unchanged), the region taken
+//! from the destination's ARN (a bucket ARN has none: the stream's region), and the
+//! SDK's own retries off, since the runner backs off and counts.
 //! [`connect`] does no network I/O, so a destination that is briefly unreachable
 //! at startup does not stop esm; the first send finds out.
 //!
@@ -20,6 +24,7 @@
 //! as a fallback, because emulators (and older AWS APIs) may send no code or a
 //! legacy one (`AWS.SimpleQueueService.NonExistentQueue`).
 
+mod s3;
 mod sns;
 mod sqs;
 #[cfg(test)]
@@ -27,19 +32,40 @@ mod tests;
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::config::{DestinationArn, DestinationKind};
 
-/// A place on-failure records are sent to: an SQS queue or an SNS topic.
+pub use s3::client as s3_client;
+
+/// Records given up, as a destination receives them.
+#[derive(Clone, Copy, Debug)]
+pub struct GivenUp<'a> {
+    /// The on-failure record (SPEC §5).
+    pub record: &'a serde_json::Value,
+    /// The shard the records come from.
+    pub shard_id: &'a str,
+    /// The record's `requestContext.requestId`.
+    pub request_id: &'a str,
+    /// The record's `timestamp`.
+    pub at: DateTime<Utc>,
+    /// The invocation event of the records (`{"Records": […]}`) when the destination
+    /// [keeps it](FailureDestination::keeps_payload); empty otherwise.
+    pub event: &'a [u8],
+}
+
+/// A place on-failure records are sent to: an SQS queue, an SNS topic or an S3 bucket.
 pub trait FailureDestination: Send + Sync + 'static {
-    /// Sends one on-failure record (SPEC §5), serialized as the message body (SQS) or the Message (SNS).
-    fn send<'a>(
-        &'a self,
-        record: &'a serde_json::Value,
-    ) -> BoxFuture<'a, Result<(), DestinationError>>;
+    /// Sends one on-failure record (SPEC §5): the message body (SQS), the Message
+    /// (SNS), or an object with the payload added (S3).
+    fn send<'a>(&'a self, given_up: GivenUp<'a>) -> BoxFuture<'a, Result<(), DestinationError>>;
     /// The destination ARN, for logs.
     fn arn(&self) -> &str;
+    /// Whether [`GivenUp::event`] is wanted (S3); the event is built only then.
+    fn keeps_payload(&self) -> bool {
+        false
+    }
 }
 
 /// Why an on-failure record could not be sent (or a destination not set up).
@@ -97,15 +123,19 @@ impl DestinationError {
     }
 }
 
-/// Builds the destination named by `arn`. Does no network I/O: the first
-/// [`FailureDestination::send`] talks to the service.
+/// Builds the destination named by `arn` for the mapping named `mapping`, reading a
+/// stream in `region` (an S3 bucket's client uses it; its objects are keyed by the
+/// mapping). Does no network I/O: the first [`FailureDestination::send`] talks to
+/// the service.
 pub async fn connect(
     arn: &DestinationArn,
+    mapping: &str,
+    region: &str,
 ) -> Result<Arc<dyn FailureDestination>, DestinationError> {
     match arn.kind {
         DestinationKind::Sqs => {
             let parts = ArnFields::parse(&arn.arn)?;
-            let client = aws_sdk_sqs::Client::new(&sdk_config(parts.region).await);
+            let client = sqs_client(parts.region, 1).await;
             Ok(Arc::new(sqs::SqsDestination::new(client, &arn.arn, parts)))
         }
         DestinationKind::Sns => {
@@ -113,13 +143,21 @@ pub async fn connect(
             let client = aws_sdk_sns::Client::new(&sdk_config(parts.region).await);
             Ok(Arc::new(sns::SnsDestination::new(client, &arn.arn, parts)))
         }
-        DestinationKind::S3 => Err(DestinationError::Unsupported {
-            arn: arn.arn.clone(),
-            detail:
-                "S3 on-failure destinations are not supported yet; use an SQS queue or an SNS topic"
-                    .to_string(),
-        }),
+        DestinationKind::S3 => {
+            let client = s3::client(region, 1).await;
+            Ok(Arc::new(s3::S3Destination::new(client, &arn.arn, mapping)?))
+        }
     }
+}
+
+/// An SQS client for queues in `region`, from the shared SDK configuration, making
+/// up to `max_attempts` attempts per call (1 for the runner, which retries itself;
+/// more for `esm replay`, which reads queues interactively).
+pub async fn sqs_client(region: &str, max_attempts: u32) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::config::Builder::from(&sdk_config(region).await)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(max_attempts))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
 }
 
 /// The shared SDK configuration for a destination in `region`.
@@ -187,12 +225,15 @@ where
         | "QueueDoesNotExist"
         | "NonExistentQueue"
         | "NotFound"
-        | "NotFoundException" => DestinationError::NotFound { arn, detail },
+        | "NotFoundException"
+        | "NoSuchBucket" => DestinationError::NotFound { arn, detail },
         "InvalidMessageContents"
         | "InvalidParameterValue"
         | "InvalidParameterValueException"
         | "InvalidParameter"
-        | "InvalidParameterException" => DestinationError::Rejected { arn, detail },
+        | "InvalidParameterException"
+        | "EntityTooLarge"
+        | "InvalidBucketName" => DestinationError::Rejected { arn, detail },
         _ => DestinationError::Transient { arn, detail },
     }
 }

@@ -5,7 +5,7 @@ use aws_sdk_sns::operation::publish::PublishError;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{classify, ArnFields, DestinationError, FailureDestination};
+use super::{classify, ArnFields, DestinationError, FailureDestination, GivenUp};
 
 /// Publishes on-failure records to an SNS topic, the JSON record as `Message`.
 pub(super) struct SnsDestination {
@@ -61,11 +61,8 @@ impl SnsDestination {
 }
 
 impl FailureDestination for SnsDestination {
-    fn send<'a>(
-        &'a self,
-        record: &'a serde_json::Value,
-    ) -> BoxFuture<'a, Result<(), DestinationError>> {
-        self.publish(record).boxed()
+    fn send<'a>(&'a self, given_up: GivenUp<'a>) -> BoxFuture<'a, Result<(), DestinationError>> {
+        self.publish(given_up.record).boxed()
     }
 
     fn arn(&self) -> &str {

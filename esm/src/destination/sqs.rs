@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::Mutex;
 
-use super::{classify, ArnFields, DestinationError, FailureDestination};
+use super::{classify, ArnFields, DestinationError, FailureDestination, GivenUp};
 
 /// Sends on-failure records as SQS messages whose body is the JSON record.
 pub(super) struct SqsDestination {
@@ -106,11 +106,8 @@ impl SqsDestination {
 }
 
 impl FailureDestination for SqsDestination {
-    fn send<'a>(
-        &'a self,
-        record: &'a serde_json::Value,
-    ) -> BoxFuture<'a, Result<(), DestinationError>> {
-        self.send_record(record).boxed()
+    fn send<'a>(&'a self, given_up: GivenUp<'a>) -> BoxFuture<'a, Result<(), DestinationError>> {
+        self.send_record(given_up.record).boxed()
     }
 
     fn arn(&self) -> &str {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use serde_json::json;
 
-use super::{connect, DestinationError};
+use super::{connect, DestinationError, GivenUp};
 use crate::config::{DestinationArn, DestinationKind};
 
 /// True (after saying why) when no emulator is configured, so the test is skipped.
@@ -27,6 +27,33 @@ async fn shared() -> aws_config::SdkConfig {
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// `record` as given up from shard `shardId-000000000001`, with `event` as payload.
+fn given<'a>(record: &'a serde_json::Value, event: &'a [u8]) -> GivenUp<'a> {
+    GivenUp {
+        record,
+        shard_id: "shardId-000000000001",
+        request_id: record["requestContext"]["requestId"]
+            .as_str()
+            .unwrap_or("id"),
+        at: chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:02.021Z")
+            .expect("a time")
+            .to_utc(),
+        event,
+    }
+}
+
+/// Connects to `arn` for mapping `orders` in us-east-1.
+async fn connect_to(
+    arn: &str,
+) -> Result<std::sync::Arc<dyn super::FailureDestination>, DestinationError> {
+    connect(
+        &DestinationArn::parse(arn).expect("an ARN"),
+        "orders",
+        "us-east-1",
+    )
+    .await
 }
 
 fn record() -> serde_json::Value {
@@ -108,16 +135,17 @@ async fn sqs_destination_sends_the_record_as_the_body() {
     }
     let sqs = aws_sdk_sqs::Client::new(&shared().await);
     let (url, arn) = create_queue(&sqs, &unique("esm-failures")).await;
-    let destination = connect(&DestinationArn::parse(&arn).expect("queue ARN"))
-        .await
-        .expect("connect");
+    let destination = connect_to(&arn).await.expect("connect");
     assert_eq!(destination.arn(), arn);
 
     let first = record();
-    destination.send(&first).await.expect("first send");
+    destination
+        .send(given(&first, b""))
+        .await
+        .expect("first send");
     let second = record();
     destination
-        .send(&second)
+        .send(given(&second, b""))
         .await
         .expect("second send (cached URL)");
 
@@ -156,12 +184,10 @@ async fn sns_destination_publishes_the_record_as_the_message() {
         .await
         .expect("Subscribe");
 
-    let destination = connect(&DestinationArn::parse(&topic_arn).expect("topic ARN"))
-        .await
-        .expect("connect");
+    let destination = connect_to(&topic_arn).await.expect("connect");
     assert_eq!(destination.arn(), topic_arn);
     let sent = record();
-    destination.send(&sent).await.expect("publish");
+    destination.send(given(&sent, b"")).await.expect("publish");
 
     let got: serde_json::Value =
         serde_json::from_str(&receive_one(&sqs, &url).await).expect("JSON");
@@ -177,11 +203,9 @@ async fn a_missing_queue_is_not_found() {
         "arn:aws:sqs:us-east-1:123456789012:{}",
         unique("esm-missing")
     );
-    let destination = connect(&DestinationArn::parse(&arn).expect("queue ARN"))
-        .await
-        .expect("connect does no I/O");
+    let destination = connect_to(&arn).await.expect("connect does no I/O");
     let err = destination
-        .send(&record())
+        .send(given(&record(), b""))
         .await
         .expect_err("no such queue");
     assert!(
@@ -208,11 +232,9 @@ async fn a_missing_topic_is_not_found() {
         "arn:aws:sns:us-east-1:123456789012:{}",
         unique("esm-missing")
     );
-    let destination = connect(&DestinationArn::parse(&arn).expect("topic ARN"))
-        .await
-        .expect("connect does no I/O");
+    let destination = connect_to(&arn).await.expect("connect does no I/O");
     let err = destination
-        .send(&record())
+        .send(given(&record(), b""))
         .await
         .expect_err("no such topic");
     assert!(
@@ -224,20 +246,93 @@ async fn a_missing_topic_is_not_found() {
 }
 
 #[tokio::test]
-async fn connect_does_no_io_and_refuses_s3() {
+async fn connect_does_no_io() {
     // An endpoint nobody listens on: connect must still succeed.
     let arn = DestinationArn::parse("arn:aws:sqs:eu-west-1:123456789012:q").expect("ARN");
     assert_eq!(arn.kind, DestinationKind::Sqs);
-    assert!(connect(&arn).await.is_ok());
-
+    assert!(connect(&arn, "orders", "eu-west-1").await.is_ok());
     let s3 = DestinationArn::parse("arn:aws:s3:::my-bucket").expect("ARN");
-    let err = match connect(&s3).await {
-        Ok(_) => panic!("S3 must be refused"),
-        Err(err) => err,
-    };
-    assert!(
-        matches!(err, DestinationError::Unsupported { .. }),
-        "{err:?}"
+    assert_eq!(s3.kind, DestinationKind::S3);
+    let bucket = connect(&s3, "orders", "eu-west-1").await.expect("connect");
+    assert!(bucket.keeps_payload());
+    assert!(!connect(&arn, "orders", "eu-west-1")
+        .await
+        .expect("connect")
+        .keeps_payload());
+}
+
+#[tokio::test]
+async fn s3_destination_writes_the_record_with_its_payload_at_lambdas_key() {
+    if no_emulator("s3_destination_writes_the_record_with_its_payload_at_lambdas_key") {
+        return;
+    }
+    let s3 = super::s3_client("us-east-1", 1).await;
+    let bucket = unique("esm-failures");
+    s3.create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("CreateBucket");
+    let destination = connect_to(&format!("arn:aws:s3:::{bucket}"))
+        .await
+        .expect("connect");
+    let sent = record();
+    let event = br#"{"Records":[{"kinesis":{"sequenceNumber":"1"}}]}"#;
+    destination.send(given(&sent, event)).await.expect("put");
+
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .expect("ListObjectsV2");
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    let id = sent["requestContext"]["requestId"].as_str().unwrap();
+    let uuid = crate::core::on_failure::mapping_uuid("orders");
+    assert_eq!(
+        keys,
+        [format!(
+            "aws/lambda/{uuid}/shardId-000000000001/2026/11/22/2026-11-22T10.00.02-{id}"
+        )]
     );
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    let body = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(keys[0])
+        .send()
+        .await
+        .expect("GetObject")
+        .body
+        .collect()
+        .await
+        .expect("the body")
+        .into_bytes();
+    let mut got: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+    let payload = got
+        .as_object_mut()
+        .and_then(|o| o.remove("payload"))
+        .expect("a payload");
+    assert_eq!(got, sent);
+    assert_eq!(
+        payload,
+        serde_json::from_slice::<serde_json::Value>(event).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_missing_bucket_is_not_found() {
+    if no_emulator("a_missing_bucket_is_not_found") {
+        return;
+    }
+    let destination = connect_to(&format!("arn:aws:s3:::{}", unique("esm-missing")))
+        .await
+        .expect("connect does no I/O");
+    let err = destination
+        .send(given(&record(), b"{}"))
+        .await
+        .expect_err("no such bucket");
+    assert!(
+        matches!(err, DestinationError::NotFound { .. }),
+        "expected NotFound, got {err:?}"
+    );
 }

@@ -277,21 +277,19 @@ pub async fn run(
             }
         }
         let destination = match &m.on_failure_destination {
-            Some(arn) => {
-                Some(
-                    crate::destination::connect(arn)
-                        .await
-                        .map_err(|e| RunError::Config {
-                            problems: vec![Problem {
-                                path: format!(
-                                    "mapping[{}].destination_config.on_failure.destination",
-                                    m.name
-                                ),
-                                message: e.to_string(),
-                            }],
-                        })?,
-                )
-            }
+            Some(arn) => Some(
+                crate::destination::connect(arn, &m.name, &spec.region)
+                    .await
+                    .map_err(|e| RunError::Config {
+                        problems: vec![Problem {
+                            path: format!(
+                                "mapping[{}].destination_config.on_failure.destination",
+                                m.name
+                            ),
+                            message: e.to_string(),
+                        }],
+                    })?,
+            ),
             None => None,
         };
         let ctx = Arc::new(MappingContext {

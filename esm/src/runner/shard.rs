@@ -22,12 +22,13 @@ use super::budget::{MemoryBudget, Reservation};
 use super::{notes, MappingContext};
 use crate::core::event::{EventEncoder, EventSource};
 use crate::core::lineage::ShardInfo;
-use crate::core::on_failure::{on_failure_record, GiveUpContext};
+use crate::core::on_failure::{on_failure_record, payload_event, GiveUpContext};
 use crate::core::partition::LaneRouter;
 use crate::core::shard::{
     DeliveryRequest, Effect, Env, Input, InvokeRequest, Page, SaveError, ShardExit, ShardMachine,
     ShardSettings, MAX_PAGE_MEMORY,
 };
+use crate::destination::GivenUp;
 use crate::invoke::{Invocation, Outcome};
 use crate::metrics::ShardGauges;
 use crate::source::fanout::{FanOutConfig, FanOutReader};
@@ -284,22 +285,39 @@ impl ShardRunner {
             return async move { (lane, Err(error)) }.boxed();
         };
         let spec = &self.ctx.spec;
+        let shard_id = self.machine.settings().shard_id.clone();
+        let now = chrono::Utc::now();
         let record = on_failure_record(
             &GiveUpContext {
                 request_id: &request.request_id,
                 function_arn: &spec.function_arn,
                 stream_arn: &spec.stream_arn,
-                shard_id: &self.machine.settings().shard_id,
+                shard_id: &shard_id,
                 condition: request.condition,
                 invocations: request.invocations,
                 last_failure: request.last_failure,
-                now: chrono::Utc::now(),
+                now,
             },
             &request.records,
         );
+        // Only a destination that keeps the payload (S3) gets the event built.
+        let event = if destination.keeps_payload() {
+            payload_event(&self.machine.settings().encoder, &request.records)
+        } else {
+            Vec::new()
+        };
         async move {
             let result = match record {
-                Some(record) => destination.send(&record).await.map_err(|e| e.to_string()),
+                Some(record) => destination
+                    .send(GivenUp {
+                        record: &record,
+                        shard_id: &shard_id,
+                        request_id: &request.request_id,
+                        at: now,
+                        event: &event,
+                    })
+                    .await
+                    .map_err(|e| e.to_string()),
                 None => Ok(()),
             };
             (lane, result)
