@@ -132,7 +132,7 @@ fn through_machine(input: &[Record], batch_size: usize, lanes: usize) -> (Durati
         filter: Default::default(),
         encoder: encoder(),
         has_destination: false,
-        warn_aggregated: false,
+        deaggregate: true,
         destination_backoff: ShardSettings::DESTINATION_BACKOFF,
         store_backoff: ShardSettings::STORE_BACKOFF,
     };
