@@ -4,7 +4,8 @@
 #
 #   scripts/emulators.sh install        install kinesis-local (npm) if missing
 #   scripts/emulators.sh install-moto   install moto[server] (PyPI) into a venv
-#   scripts/emulators.sh install-python install awslambdaric (PyPI) into a venv
+#   scripts/emulators.sh install-python install awslambdaric and aws_kinesis_agg
+#                                       (PyPI) into a venv
 #   scripts/emulators.sh start          install if needed, start kinesis-local and
 #                                       the moto server (SQS, SNS, S3, DynamoDB)
 #   scripts/emulators.sh stop           stop what `start` started
@@ -41,6 +42,11 @@ MOTO_PID="$EMULATORS_DIR/moto.pid"
 # Python with AWS's Lambda runtime interface client, for the Runtime API tests.
 PYTHON_VENV="$EMULATORS_DIR/python-venv"
 AWSLAMBDARIC_VERSION="4.2.2"
+# KPL's aggregation format from Python (AWS's own package), for the KPL e2e tests;
+# it imports six without declaring it, and protobuf is pinned with it.
+AWS_KINESIS_AGG_VERSION="1.2.3"
+SIX_VERSION="1.17.0"
+PROTOBUF_VERSION="7.36.2"
 
 log() { printf 'emulators: %s\n' "$*" >&2; }
 die() {
@@ -72,15 +78,18 @@ cmd_install() {
 }
 
 cmd_install_python() {
-	if [[ -x "$PYTHON_VENV/bin/python" ]] && "$PYTHON_VENV/bin/python" -c 'import awslambdaric' 2>/dev/null; then
+	if [[ -x "$PYTHON_VENV/bin/python" ]] && "$PYTHON_VENV/bin/python" -c 'import awslambdaric, aws_kinesis_agg.aggregator' 2>/dev/null; then
 		return 0
 	fi
 	command -v python3 >/dev/null 2>&1 || die "python3 is not installed"
-	log "installing awslambdaric==$AWSLAMBDARIC_VERSION into $PYTHON_VENV"
+	log "installing awslambdaric==$AWSLAMBDARIC_VERSION aws_kinesis_agg==$AWS_KINESIS_AGG_VERSION into $PYTHON_VENV"
 	mkdir -p "$EMULATORS_DIR"
 	python3 -m venv "$PYTHON_VENV"
-	"$PYTHON_VENV/bin/pip" install --quiet --disable-pip-version-check "awslambdaric==$AWSLAMBDARIC_VERSION" >&2
-	"$PYTHON_VENV/bin/python" -c 'import awslambdaric' || die "awslambdaric does not import after install"
+	"$PYTHON_VENV/bin/pip" install --quiet --disable-pip-version-check \
+		"awslambdaric==$AWSLAMBDARIC_VERSION" "aws_kinesis_agg==$AWS_KINESIS_AGG_VERSION" \
+		"six==$SIX_VERSION" "protobuf==$PROTOBUF_VERSION" >&2
+	"$PYTHON_VENV/bin/python" -c 'import awslambdaric, aws_kinesis_agg.aggregator' ||
+		die "awslambdaric or aws_kinesis_agg does not import after install"
 }
 
 cmd_install_moto() {

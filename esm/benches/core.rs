@@ -3,7 +3,9 @@
 //! tracker; invocations and checkpoint writes answered at once), and through an
 //! in-process no-op handler (which deserializes the event as a real handler does),
 //! with no network; and through event filtering (`FilterCriteria::keeps`), which runs
-//! once per record before batching. Run with `cargo bench -p esm --bench core`.
+//! once per record before batching; and through KPL de-aggregation
+//! (`core::kpl::expand_into`: checksum, protobuf, one record per user record). Run
+//! with `cargo bench -p esm --bench core`.
 //!
 //! Prints one line per scenario; figures go in the README.
 
@@ -17,6 +19,7 @@ use esm::core::checkpoint::{ShardCheckpoint, StartAt};
 use esm::core::event::{EventEncoder, EventSource};
 use esm::core::failure::FailureRules;
 use esm::core::filter::FilterCriteria;
+use esm::core::kpl::{aggregate, expand_into, Expansion, UserRecord};
 use esm::core::partition::LaneRouter;
 use esm::core::record::{Position, Record, SequenceNumber};
 use esm::core::shard::{Effect, Env, Input, Page, ShardMachine, ShardSettings};
@@ -132,7 +135,7 @@ fn through_machine(input: &[Record], batch_size: usize, lanes: usize) -> (Durati
         filter: Default::default(),
         encoder: encoder(),
         has_destination: false,
-        warn_aggregated: false,
+        deaggregate: true,
         destination_backoff: ShardSettings::DESTINATION_BACKOFF,
         store_backoff: ShardSettings::STORE_BACKOFF,
     };
@@ -241,6 +244,42 @@ fn filtering() {
     }
 }
 
+/// Expands every aggregate: the time, and how many user records came out.
+fn deaggregate(input: &[Record]) -> (Duration, usize) {
+    let mut out = Vec::with_capacity(input.len() * 100);
+    let started = Instant::now();
+    for record in input {
+        let how = expand_into(black_box(record.clone()), &mut out);
+        debug_assert!(matches!(how, Expansion::Aggregated { .. }));
+    }
+    let elapsed = started.elapsed();
+    (elapsed, black_box(out).len())
+}
+
+fn deaggregation() {
+    let (kinesis_records, per, size) = (10_000usize, 100usize, 100usize);
+    let mut input = records(kinesis_records, 0);
+    for (i, record) in input.iter_mut().enumerate() {
+        let users: Vec<UserRecord> = (0..per)
+            .map(|j| UserRecord {
+                partition_key: format!("key-{}", (i * per + j) % 64),
+                explicit_hash_key: None,
+                data: Bytes::from(vec![b'x'; size]),
+            })
+            .collect();
+        record.data = aggregate(&users);
+    }
+    let (elapsed, users) = (0..3)
+        .map(|_| deaggregate(&input))
+        .min_by_key(|r| r.0)
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(users, kinesis_records * per);
+    println!(
+        "de-aggregate     aggregates={kinesis_records} x {per} user records of {size}B: {:>10.0} user records/s",
+        users as f64 / elapsed.as_secs_f64(),
+    );
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -248,6 +287,7 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"));
     println!("esm core benchmark (in-process, no network); best of 3 runs each");
     filtering();
+    deaggregation();
     for (count, size) in [(200_000usize, 100usize), (20_000, 10_000)] {
         let input = records(count, size);
         for batch_size in [100usize, 1_000, 10_000] {

@@ -79,7 +79,7 @@ fn snapshot() -> (Duration, usize) {
             shard_id: "shardId-000000000000".into(),
         }),
         has_destination: false,
-        warn_aggregated: false,
+        deaggregate: false,
         destination_backoff: ShardSettings::DESTINATION_BACKOFF,
         store_backoff: ShardSettings::STORE_BACKOFF,
     };

@@ -309,6 +309,7 @@ impl Metrics {
             invocation_duration: f.invocation_duration.get_or_create_owned(&mapping),
             batch_records: f.batch_records.get_or_create_owned(&mapping),
             concurrent_invocations: f.concurrent_invocations.get_or_create_owned(&mapping),
+            deaggregation_failures: counter(&f.deaggregation_failures),
             shard_gauges: ShardFamilies {
                 iterator_age: f.iterator_age.clone(),
                 millis_behind_latest: f.millis_behind_latest.clone(),
@@ -461,6 +462,8 @@ pub struct MappingMetrics {
     pub batch_records: Histogram,
     /// `esm_concurrent_invocations`.
     pub concurrent_invocations: Gauge,
+    /// `esm_deaggregation_failures_total`: KPL aggregated records passed through whole.
+    pub deaggregation_failures: Counter,
     shard_gauges: ShardFamilies,
 }
 
@@ -511,6 +514,7 @@ mod tests {
         orders.polled_events.add(3);
         orders.invocations.count(InvocationOutcome::PartialFailure);
         orders.dropped_events.record_age.add(2);
+        orders.deaggregation_failures.inc();
         orders.invocation_duration.observe(0.2);
         let shard = orders.shard("shardId-000000000001");
         shard.iterator_age_ms.set(1500);
@@ -525,6 +529,7 @@ mod tests {
             "esm_invocation_duration_seconds_bucket{mapping=\"orders\",le=\"0.25\"} 1",
             "esm_invocation_duration_seconds_count{mapping=\"orders\"} 1",
             "esm_fanout_resubscriptions_total{mapping=\"orders\",reason=\"in_use\"} 0",
+            "esm_deaggregation_failures_total{mapping=\"orders\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -6,6 +6,7 @@
 //! emulator.
 
 pub mod cut_proxy;
+pub mod kpl;
 pub mod observe;
 pub mod proxy;
 

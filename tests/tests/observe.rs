@@ -12,7 +12,7 @@ use esm_e2e::*;
 
 const MAPPING: &str = "observed";
 
-/// Every SPEC §6 metric present for a mapping without leases or KPL records, with
+/// Every SPEC §6 metric present for a mapping without leases, with
 /// the label names of its samples (a histogram by its `_count`).
 const METRICS: &[(&str, &[&str])] = &[
     ("esm_iterator_age_milliseconds", &["mapping", "shard"]),
@@ -33,6 +33,7 @@ const METRICS: &[(&str, &[&str])] = &[
     ("esm_batch_records_count", &["mapping"]),
     ("esm_concurrent_invocations", &["mapping"]),
     ("esm_fanout_resubscriptions_total", &["mapping", "reason"]),
+    ("esm_deaggregation_failures_total", &["mapping"]),
 ];
 
 /// Each shard's iterator age, from a scrape.

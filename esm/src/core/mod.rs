@@ -5,7 +5,8 @@
 //! drive batching, pacing, failure decisions and the shard graph with simulated time,
 //! and what lets a reader change one Lambda rule in one file. The adapters around it
 //! (`source`, `invoke`, `store`) do the I/O; `runner` wires the two together.
-//! [`filter`] decides which records a function never sees (Lambda's `FilterCriteria`).
+//! [`filter`] decides which records a function never sees (Lambda's `FilterCriteria`);
+//! [`kpl`] turns a KPL aggregated Kinesis record into the user records it carries.
 
 pub mod backoff;
 pub mod batch;
@@ -13,6 +14,7 @@ pub mod checkpoint;
 pub mod event;
 pub mod failure;
 pub mod filter;
+pub mod kpl;
 pub mod lineage;
 pub mod on_failure;
 pub mod pacing;

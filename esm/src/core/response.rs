@@ -7,6 +7,11 @@
 //! `itemIdentifier` is missing, null, empty or not a sequence number of the batch
 //! fails the whole batch, and so does a body that is not JSON (Lambda leaves that
 //! undocumented; failing is what loses nothing).
+//!
+//! An `itemIdentifier` is a sequence number, and the user records of one KPL aggregate
+//! share theirs: it names the *first* record of the batch with that sequence number,
+//! so a retry starts at the aggregate's first user record in the batch and none is
+//! skipped (siblings that had succeeded run again).
 
 use serde_json::Value;
 
@@ -163,6 +168,23 @@ mod tests {
         assert_eq!(
             verdict(r#"{"batchItemFailures":[{"itemIdentifier":"13"},{"itemIdentifier":"13"}]}"#),
             Verdict::FailedFrom { first: 3, named: 1 }
+        );
+    }
+
+    #[test]
+    fn a_sequence_number_shared_by_user_records_names_the_first_of_them() {
+        // User records of one KPL aggregate share its sequence number: naming it fails
+        // the batch from the first of them in the batch, so none is skipped.
+        let mut records = records();
+        for (i, r) in records.iter_mut().enumerate().skip(1) {
+            r.position = Position::new(SequenceNumber::parse("11").unwrap(), i as u64 - 1);
+        }
+        assert_eq!(
+            batch_item_failures(
+                br#"{"batchItemFailures":[{"itemIdentifier":"11"}]}"#,
+                &records
+            ),
+            Verdict::FailedFrom { first: 1, named: 1 }
         );
     }
 

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::core::event::EventEncoder;
 use crate::core::failure::{judge, Fate, LastFailure};
+use crate::core::kpl::{self, Expansion};
 use crate::core::on_failure::SavedPayload;
 use crate::core::record::{Record, SequenceNumber};
 use crate::invoke::{Invocation, Invoker, Outcome};
@@ -138,7 +139,7 @@ pub(super) async fn fetch(
         metrics.clone(),
     );
     let records = match read_through(&mut reader, &info.end, MAX_READ_RETRIES).await {
-        Ok(records) => expand(records),
+        Ok(records) => expand(records, spec.deaggregate, metrics, say),
         Err(SourceError::NotFound(why)) => return Ok(expired_all(&why)),
         Err(SourceError::Fatal(why)) => return Err(why),
     };
@@ -170,13 +171,34 @@ pub(super) async fn fetch(
     Ok(Fetched { records, expired })
 }
 
-/// KPL de-aggregation for replay: THE one place where records read back from the
-/// stream would be expanded into their user records, as the runner's reader does
-/// with `deaggregate = true`. Not built yet: records pass through unchanged.
-/// (Records taken from an S3 payload are already as the function got them and do
-/// not come through here.)
-pub(super) fn expand(records: Vec<Record>) -> Vec<Record> {
-    records
+/// KPL de-aggregation for replay, the one place where records read back from the
+/// stream are expanded into their user records, with the runner's de-aggregator
+/// ([`crate::core::kpl`]) when the mapping has `deaggregate = true`. On-failure
+/// records name Kinesis sequence ranges only, so a batch that started inside an
+/// aggregate replays that aggregate's earlier siblings too. An aggregate that does
+/// not decode goes through whole, said and counted, as in the runner. (Records
+/// taken from an S3 payload are already as the function got them and do not come
+/// through here.)
+pub(super) fn expand(
+    records: Vec<Record>,
+    deaggregate: bool,
+    metrics: &MappingMetrics,
+    say: &impl Fn(String),
+) -> Vec<Record> {
+    if !deaggregate {
+        return records;
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        let sequence = record.sequence().as_str().to_owned();
+        if let Expansion::PassedThrough(why) = kpl::expand_into(record, &mut out) {
+            metrics.deaggregation_failures.inc();
+            say(format!(
+                "KPL record {sequence} is not a valid aggregate ({why}): replayed whole"
+            ));
+        }
+    }
+    out
 }
 
 /// What happens to a batch's records.
@@ -307,15 +329,43 @@ mod tests {
     }
 
     #[test]
-    fn expansion_passes_records_through_for_now() {
-        let record = Record {
-            position: Position::plain(SequenceNumber::parse("1").unwrap()),
+    fn expansion_de_aggregates_like_the_runner() {
+        let record = |seq: &str, data: &'static [u8]| Record {
+            position: Position::plain(SequenceNumber::parse(seq).unwrap()),
             partition_key: "k".into(),
             explicit_hash_key: None,
-            data: Bytes::from_static(b"x"),
+            data: Bytes::from_static(data),
             approximate_arrival: chrono::DateTime::UNIX_EPOCH,
         };
-        assert_eq!(expand(vec![record.clone()]), vec![record]);
+        let plain = record("1", b"x");
+        let users: Vec<_> = [b"a", b"b"]
+            .iter()
+            .map(|d| crate::core::kpl::UserRecord {
+                partition_key: "k".into(),
+                explicit_hash_key: None,
+                data: Bytes::from_static(d.as_slice()),
+            })
+            .collect();
+        let aggregated = Record {
+            data: crate::core::kpl::aggregate(&users),
+            ..record("2", b"")
+        };
+        let mut broken = record("3", b"");
+        broken.data = Bytes::from([crate::core::kpl::KPL_MAGIC.as_slice(), b"junk"].concat());
+        let metrics = MappingMetrics::default();
+        let said = std::cell::RefCell::new(Vec::new());
+        let say = |line: String| said.borrow_mut().push(line);
+        let input = vec![plain.clone(), aggregated.clone(), broken.clone()];
+        let out = expand(input.clone(), true, &metrics, &say);
+        let data: Vec<&[u8]> = out.iter().map(|r| r.data.as_ref()).collect();
+        assert_eq!(data[..3], [b"x".as_slice(), b"a", b"b"]);
+        assert_eq!(out[3], broken);
+        assert_eq!(out[1].position.sub_sequence, 0);
+        assert_eq!(out[2].position.sub_sequence, 1);
+        assert_eq!(metrics.deaggregation_failures.get(), 1);
+        assert!(said.borrow()[0].contains("KPL record 3 is not a valid aggregate"));
+        // deaggregate = false: as they are.
+        assert_eq!(expand(input.clone(), false, &metrics, &say), input);
     }
 
     #[test]

@@ -99,10 +99,14 @@ pub(crate) fn report(note: &Note, spec: &MappingSpec, metrics: &MappingMetrics) 
             metrics.filtered_out_events.add(*records as u64);
         }
         Note::AggregatedNotFiltered => {
-            tracing::warn!("KPL-aggregated records found with filter_criteria set: they are passed to the function unfiltered, because their data is not the user's JSON until de-aggregation is built");
+            tracing::warn!("KPL-aggregated records found with filter_criteria set and not de-aggregated (deaggregate = false, or they failed to decode): they are passed to the function unfiltered, because their data is not the user's JSON");
         }
-        Note::AggregatedRecords => {
-            tracing::warn!("KPL-aggregated records found: de-aggregation is not built yet, so they reach the function as the Kinesis records they are");
+        Note::Polled { records } => {
+            metrics.polled_events.add(*records as u64);
+        }
+        Note::DeaggregationFailed { sequence, reason } => {
+            metrics.deaggregation_failures.inc();
+            tracing::warn!(%sequence, %reason, "a record starts with the KPL magic but is not a valid aggregate; it is passed to the function whole, as a plain record");
         }
     }
 }

@@ -89,7 +89,7 @@ impl ShardRunner {
                 shard_id: shard.id.clone(),
             }),
             has_destination: ctx.destination.is_some(),
-            warn_aggregated: spec.deaggregate,
+            deaggregate: spec.deaggregate,
             destination_backoff: ShardSettings::DESTINATION_BACKOFF,
             store_backoff: ShardSettings::STORE_BACKOFF,
         };

@@ -316,9 +316,7 @@ impl FanOutReader {
 
     /// Converts an event's records, skipping (with a log line) malformed ones.
     fn records(&self, raw: Vec<aws_sdk_kinesis::types::Record>) -> Vec<Record> {
-        let records = super::convert_records(raw, "SubscribeToShard");
-        self.metrics.polled_events.add(records.len() as u64);
-        records
+        super::convert_records(raw, "SubscribeToShard")
     }
 
     /// On an idle subscription, at most every [`END_CHECK_INTERVAL`]: is the shard

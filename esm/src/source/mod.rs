@@ -6,6 +6,10 @@
 //! invocations while memory stays bounded. Polling with GetRecords and enhanced
 //! fan-out (SubscribeToShard) are the two sources; they produce the same pages, so
 //! the shard state machine does not know which one feeds it.
+//!
+//! Sources hand out Kinesis records as read. They do not count
+//! `esm_polled_events_total`: the shard machine does, once a page's KPL aggregates are
+//! expanded, so the count is of the records the function is handed (user records).
 
 pub mod consumer;
 pub mod discovery;

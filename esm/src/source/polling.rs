@@ -205,7 +205,6 @@ impl PollingReader {
         if let Some(last) = records.last() {
             self.last_read = Some(last.sequence().clone());
         }
-        self.metrics.polled_events.add(records.len() as u64);
         let behind = out.millis_behind_latest.is_some_and(|m| m > 0)
             || records.len() >= usize::try_from(self.config.limit).unwrap_or(usize::MAX);
         tracing::trace!(records = records.len(), millis_behind_latest = ?out.millis_behind_latest, behind, "GetRecords");

@@ -16,7 +16,8 @@
 //! fails the first N invocations (to see retries); `RECORDER_POISON=TEXT` makes every
 //! record whose data contains TEXT a poison record: a batch holding one fails (an
 //! error), or with `RECORDER_REPORT=1` the records before the first poison record are
-//! handled and the rest reported in `batchItemFailures`; `RECORDER_RESPONSE=JSON`
+//! handled and the rest reported in `batchItemFailures`; with `RECORDER_POISON_WHILE=FILE`
+//! only while FILE exists (a record that fails for a while, then succeeds); `RECORDER_RESPONSE=JSON`
 //! returns that JSON after handling a batch; `RECORDER_ATTEMPTS=FILE` appends one
 //! line per invocation (`{"first","last","n"}`) before anything else happens.
 //!
@@ -155,6 +156,7 @@ fn main() -> std::process::ExitCode {
         .ok()
         .filter(|p| !p.is_empty());
     let report = std::env::var("RECORDER_REPORT").is_ok_and(|v| v == "1");
+    let poison_while = std::env::var_os("RECORDER_POISON_WHILE").map(std::path::PathBuf::from);
     let response: serde_json::Value = std::env::var("RECORDER_RESPONSE")
         .ok()
         .map(|r| serde_json::from_str(&r).expect("RECORDER_RESPONSE must be JSON"))
@@ -171,8 +173,11 @@ fn main() -> std::process::ExitCode {
     ));
     let handler = service_fn(move |event: LambdaEvent<KinesisEvent>| {
         let (file, calls, running) = (file.clone(), calls.clone(), running.clone());
-        let (poison, response, attempts) = (poison.clone(), response.clone(), attempts.clone());
+        let (response, attempts) = (response.clone(), attempts.clone());
         let delay = delay.filter(|_| slow_while.as_ref().is_none_or(|file| file.exists()));
+        let poison = poison
+            .clone()
+            .filter(|_| poison_while.as_ref().is_none_or(|file| file.exists()));
         async move {
             let started_ms = now_ms();
             let records = &event.payload.records;

@@ -13,6 +13,12 @@
 //! simulated time.
 //!
 //! The rules it holds, each in one place:
+//! - **de-aggregation** ([`crate::core::kpl`]): with `deaggregate`, each KPL
+//!   aggregated record becomes its user records as the page is taken, before skipping,
+//!   filtering and lanes, so everything below works on user records: each is filtered
+//!   by its own data and key, routed by its own key, and done at its own position
+//!   `(sequence, sub-sequence)`. One that fails to decode goes on as a plain record,
+//!   with a [`Note::DeaggregationFailed`];
 //! - **lanes** ([`crate::core::partition`]): records go to one of
 //!   `parallelization_factor` lanes by the hash of their partition key; each lane has
 //!   its own batcher and failure progress (`lane.rs`), so up to N invocations run at
@@ -56,12 +62,10 @@ use super::checkpoint::{ShardCheckpoint, StartAt};
 use super::event::EventEncoder;
 use super::failure::{Condition, FailureRules, Judged, LastFailure, Outcome};
 use super::filter::FilterCriteria;
+use super::kpl::{self, DeaggregationError, Expansion, KPL_MAGIC};
 use super::partition::LaneRouter;
 use super::record::{Position, Record, SequenceNumber};
 use super::window::{Tumbling, WindowBounds};
-
-/// The first bytes of a KPL aggregated record.
-pub const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 
 /// The most memory one GetRecords page can take: 10 MiB of data, plus the fixed
 /// allowance of [`Record::memory_size`] for each of up to 10,000 records, plus keys.
@@ -116,8 +120,9 @@ pub struct ShardSettings {
     /// Whether records given up go to an on-failure destination (else they are
     /// logged with their range and dropped).
     pub has_destination: bool,
-    /// Warn once when KPL aggregated records are seen (de-aggregation is not built).
-    pub warn_aggregated: bool,
+    /// `deaggregate`: expand KPL aggregated records into their user records as they
+    /// are read; with `false` they reach the function as the Kinesis records they are.
+    pub deaggregate: bool,
     /// The wait between attempts at a failed destination send.
     pub destination_backoff: Backoff,
     /// The wait between attempts at a failed checkpoint write.
@@ -357,15 +362,28 @@ pub enum Note {
         /// Why.
         reason: String,
     },
-    /// KPL aggregated records were seen; they reach the function as they are.
-    AggregatedRecords,
+    /// A page was taken: this many records read, counted after de-aggregation (user
+    /// records, what the function is handed; `esm_polled_events_total`).
+    Polled {
+        /// How many.
+        records: usize,
+    },
+    /// A record starting with the KPL magic is not a valid aggregate: it goes on as a
+    /// plain record (KCL's behaviour), warned about and counted.
+    DeaggregationFailed {
+        /// The Kinesis record.
+        sequence: SequenceNumber,
+        /// What is wrong with it.
+        reason: DeaggregationError,
+    },
     /// Records matched no filter pattern: done without an invocation.
     FilteredOut {
         /// How many.
         records: usize,
     },
-    /// KPL aggregated records were kept although filters are set: their data is not
-    /// the user's JSON, and filtering them would lose the user records inside.
+    /// KPL aggregated records were kept although filters are set (`deaggregate =
+    /// false`, or they failed to de-aggregate): their data is not the user's JSON, and
+    /// filtering them would lose the user records inside.
     AggregatedNotFiltered,
     /// A tumbling window's invocation that carried no records (its final one, or the
     /// one ending it early) was given up: the window's aggregate is lost, and its
@@ -464,8 +482,6 @@ pub struct ShardState {
     #[serde(skip)]
     lease_lost: bool,
     #[serde(skip)]
-    warned_aggregated: bool,
-    #[serde(skip)]
     warned_aggregated_filter: bool,
 }
 
@@ -501,7 +517,6 @@ impl ShardMachine {
             save_failures: 0,
             save_retry_at: None,
             lease_lost: false,
-            warned_aggregated: false,
             warned_aggregated_filter: false,
             saving: None,
             saved: stored,
@@ -636,15 +651,14 @@ impl ShardMachine {
             return;
         }
         self.state.millis_behind_latest = page.millis_behind_latest;
-        if self.settings.warn_aggregated
-            && !self.state.warned_aggregated
-            && page.records.iter().any(|r| r.data.starts_with(&KPL_MAGIC))
-        {
-            self.state.warned_aggregated = true;
-            effects.push(Effect::Note(Note::AggregatedRecords));
+        let records = self.expand(page.records, effects);
+        if !records.is_empty() {
+            effects.push(Effect::Note(Note::Polled {
+                records: records.len(),
+            }));
         }
         let mut filtered = 0;
-        for record in page.records {
+        for record in records {
             if let Some(skip) = &self.state.skip_through {
                 if record.position <= *skip {
                     continue;
@@ -686,9 +700,32 @@ impl ShardMachine {
         }
     }
 
-    /// Whether `record` passes the filter criteria. A KPL aggregated record always
-    /// does (with a warning, once): until de-aggregation, its data is not the user's
-    /// JSON, and filtering it out would lose the user records inside.
+    /// A page's records as the function is to see them: with `deaggregate`, each KPL
+    /// aggregate expanded into its user records, in order; one that does not decode
+    /// goes on whole, with a note. Records at or before the checkpoint are expanded
+    /// too: the skip is per user record.
+    fn expand(&self, records: Vec<Record>, effects: &mut Vec<Effect>) -> Vec<Record> {
+        if !self.settings.deaggregate {
+            return records;
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            if let Expansion::PassedThrough(reason) = kpl::expand_into(record, &mut out) {
+                if let Some(passed) = out.last() {
+                    effects.push(Effect::Note(Note::DeaggregationFailed {
+                        sequence: passed.sequence().clone(),
+                        reason,
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `record` passes the filter criteria. A record still KPL-aggregated
+    /// (with `deaggregate = false`, or one that failed to de-aggregate) always does,
+    /// with a warning once: its data is not the user's JSON, and filtering it out would
+    /// lose the user records inside.
     fn kept(&mut self, record: &Record, effects: &mut Vec<Effect>) -> bool {
         let filter = &self.settings.filter;
         if filter.is_empty() {

@@ -13,6 +13,7 @@ use crate::core::event::EventSource;
 use crate::core::failure::Outcome;
 
 mod filtering;
+mod kpl;
 mod windows;
 
 const SHARD: &str = "shardId-000000000000";
@@ -69,7 +70,7 @@ fn settings(
             shard_id: SHARD.into(),
         }),
         has_destination: destination,
-        warn_aggregated: false,
+        deaggregate: true,
         destination_backoff: ShardSettings::DESTINATION_BACKOFF,
         store_backoff: ShardSettings::STORE_BACKOFF,
     }
@@ -111,7 +112,10 @@ struct Sim {
     events: Vec<serde_json::Value>,
     /// Every invocation's event, as sent.
     payloads: Vec<Bytes>,
+    /// Every note but [`Note::Polled`], which is summed in `polled`.
     notes: Vec<Note>,
+    /// Records polled (user records, after de-aggregation).
+    polled: usize,
     saves: Vec<ShardCheckpoint>,
     max_concurrent: usize,
 }
@@ -130,6 +134,7 @@ impl Sim {
             events: Vec::new(),
             payloads: Vec::new(),
             notes: Vec::new(),
+            polled: 0,
             saves: Vec::new(),
             max_concurrent: 0,
         }
@@ -166,6 +171,7 @@ impl Sim {
                     self.saves.push(state.clone());
                     self.saving = Some(state);
                 }
+                Effect::Note(Note::Polled { records }) => self.polled += records,
                 Effect::Note(note) => self.notes.push(note),
             }
         }

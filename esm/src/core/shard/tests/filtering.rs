@@ -91,24 +91,37 @@ fn data_that_is_not_json_matches_no_data_pattern() {
     assert_eq!(filtered_out(&sim.notes), 1);
 }
 
+/// A record still KPL-aggregated (`deaggregate = false`, or one that fails to
+/// de-aggregate) passes unfiltered, with one warning.
 #[test]
 fn kpl_aggregated_records_are_never_filtered_out() {
-    let mut sim = Sim::fresh(filtered(1, 10));
-    let mut aggregated = record(0, "k", 0);
-    aggregated.data = Bytes::from([&KPL_MAGIC[..], b"not json"].concat());
-    sim.feed(Input::Page(page(vec![
-        aggregated,
-        of_kind(1, "k", "click"),
-    ])));
-    assert_eq!(sim.invoked.len(), 1);
-    assert_eq!(sim.invoked[0].1.len(), 1);
-    assert_eq!(
-        sim.notes
-            .iter()
-            .filter(|n| matches!(n, Note::AggregatedNotFiltered))
-            .count(),
-        1
-    );
+    for deaggregate in [false, true] {
+        let mut s = filtered(1, 10);
+        s.deaggregate = deaggregate;
+        let mut sim = Sim::fresh(s);
+        let mut aggregated = record(0, "k", 0);
+        aggregated.data = Bytes::from([&KPL_MAGIC[..], b"not json"].concat());
+        sim.feed(Input::Page(page(vec![
+            aggregated,
+            of_kind(1, "k", "click"),
+        ])));
+        assert_eq!(sim.invoked.len(), 1);
+        assert_eq!(sim.invoked[0].1.len(), 1);
+        assert_eq!(
+            sim.notes
+                .iter()
+                .filter(|n| matches!(n, Note::AggregatedNotFiltered))
+                .count(),
+            1
+        );
+        assert_eq!(
+            sim.notes
+                .iter()
+                .filter(|n| matches!(n, Note::DeaggregationFailed { .. }))
+                .count(),
+            usize::from(deaggregate)
+        );
+    }
 }
 
 #[test]
