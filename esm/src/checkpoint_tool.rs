@@ -160,18 +160,8 @@ fn table(path: &str, mapping: &str, rows: &[(&String, &ShardCheckpoint)]) -> Str
             if c.finished { "yes" } else { "no" }.to_owned(),
         ]);
     }
-    let widths: Vec<usize> = (0..4)
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = format!("mapping {mapping}, checkpoint store at {path}\n");
-    for line in lines {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    format!(
+        "mapping {mapping}, checkpoint store at {path}\n{}",
+        crate::table::render(&lines)
+    )
 }

@@ -35,6 +35,7 @@ pub mod server;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod table;
 
 #[cfg(test)]
 mod sim_clock;
