@@ -225,6 +225,9 @@ fn status(path: &std::path::Path) -> u8 {
                 crate::status::query::Source::Store(path) => {
                     println!("from the checkpoint store at {path} (no esm is running with it)")
                 }
+                crate::status::query::Source::Table(table) => {
+                    println!("from the lease table: {table}")
+                }
             }
             print!("{}", crate::status::query::table(&report));
             EXIT_OK

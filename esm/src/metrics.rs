@@ -277,6 +277,12 @@ impl Metrics {
                 reason,
             }))
         };
+        let event = |family: &Family<EventLabels, _>, event: &'static str| {
+            Counter(family.get_or_create_owned(&EventLabels {
+                mapping: name.to_owned(),
+                event,
+            }))
+        };
         MappingMetrics {
             name: name.to_owned(),
             polled_events: counter(&f.polled_events),
@@ -310,6 +316,13 @@ impl Metrics {
             batch_records: f.batch_records.get_or_create_owned(&mapping),
             concurrent_invocations: f.concurrent_invocations.get_or_create_owned(&mapping),
             deaggregation_failures: counter(&f.deaggregation_failures),
+            leases_held: f.leases_held.get_or_create_owned(&mapping),
+            lease_events: LeaseEventCounters {
+                taken: event(&f.lease_events, "taken"),
+                stolen: event(&f.lease_events, "stolen"),
+                lost: event(&f.lease_events, "lost"),
+                released: event(&f.lease_events, "released"),
+            },
             shard_gauges: ShardFamilies {
                 iterator_age: f.iterator_age.clone(),
                 millis_behind_latest: f.millis_behind_latest.clone(),
@@ -416,6 +429,19 @@ impl ResubscriptionCounters {
     }
 }
 
+/// `esm_lease_events_total{event}`: how this instance's leases changed hands.
+#[derive(Clone, Debug, Default)]
+pub struct LeaseEventCounters {
+    /// `event="taken"`: a free or expired lease taken.
+    pub taken: Counter,
+    /// `event="stolen"`: a lease taken from a live instance holding more than its share.
+    pub stolen: Counter,
+    /// `event="lost"`: a lease another instance took (or one not renewed in time).
+    pub lost: Counter,
+    /// `event="released"`: a lease given up (shutdown, or its shard finished).
+    pub released: Counter,
+}
+
 /// The per-shard families, for a mapping to take its shards' gauges from.
 #[derive(Clone, Debug, Default)]
 struct ShardFamilies {
@@ -464,6 +490,10 @@ pub struct MappingMetrics {
     pub concurrent_invocations: Gauge,
     /// `esm_deaggregation_failures_total`: KPL aggregated records passed through whole.
     pub deaggregation_failures: Counter,
+    /// `esm_leases_held`: shard leases this instance holds.
+    pub leases_held: Gauge,
+    /// `esm_lease_events_total{event}`.
+    pub lease_events: LeaseEventCounters,
     shard_gauges: ShardFamilies,
 }
 

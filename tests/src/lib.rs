@@ -6,6 +6,7 @@
 //! emulator.
 
 pub mod cut_proxy;
+pub mod fleet;
 pub mod kpl;
 pub mod observe;
 pub mod proxy;
@@ -663,7 +664,13 @@ pub async fn stored_checkpoints(
 ) -> BTreeMap<String, esm::store::ShardCheckpoint> {
     use esm::store::CheckpointStore as _;
     let store = esm::store::local::LocalStore::open(state_dir).expect("open the local store");
-    store.load(mapping).await.expect("load checkpoints")
+    store
+        .load(mapping)
+        .await
+        .expect("load checkpoints")
+        .into_iter()
+        .map(|(shard, row)| (shard, row.checkpoint))
+        .collect()
 }
 
 /// The sequence number a stored checkpoint points at.

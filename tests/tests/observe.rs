@@ -12,8 +12,7 @@ use esm_e2e::*;
 
 const MAPPING: &str = "observed";
 
-/// Every SPEC §6 metric present for a mapping without leases, with
-/// the label names of its samples (a histogram by its `_count`).
+/// Every SPEC §6 metric, with the label names of its samples (a histogram by its `_count`).
 const METRICS: &[(&str, &[&str])] = &[
     ("esm_iterator_age_milliseconds", &["mapping", "shard"]),
     ("esm_millis_behind_latest", &["mapping", "shard"]),
@@ -34,6 +33,8 @@ const METRICS: &[(&str, &[&str])] = &[
     ("esm_concurrent_invocations", &["mapping"]),
     ("esm_fanout_resubscriptions_total", &["mapping", "reason"]),
     ("esm_deaggregation_failures_total", &["mapping"]),
+    ("esm_leases_held", &["mapping"]),
+    ("esm_lease_events_total", &["mapping", "event"]),
 ];
 
 /// Each shard's iterator age, from a scrape.

@@ -67,7 +67,24 @@ const DEFAULT_MAX_BUFFERED_MB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
 /// The keys `[store]` may have.
-const STORE_KEYS: &[&str] = &["kind", "path", "table"];
+const STORE_KEYS: &[&str] = &[
+    "kind",
+    "path",
+    "table",
+    "create_table",
+    "region",
+    "lease_duration_seconds",
+    "max_leases_to_steal",
+];
+
+/// The `[store]` keys only `kind = "dynamodb"` takes.
+const DYNAMODB_KEYS: &[&str] = &[
+    "table",
+    "create_table",
+    "region",
+    "lease_duration_seconds",
+    "max_leases_to_steal",
+];
 
 /// The keys `[server]` may have.
 const SERVER_KEYS: &[&str] = &["listen"];
@@ -114,6 +131,13 @@ pub enum StoreConfig {
     DynamoDb {
         /// The table's name.
         table: String,
+        /// `create_table` (default false): create the table when it is missing.
+        create_table: bool,
+        /// `region`: the table's region (default: the first mapping's stream's).
+        region: Option<String>,
+        /// `lease_duration_seconds` (3..=300, default 10) and `max_leases_to_steal`
+        /// (1..=100, default 1).
+        lease: crate::core::lease::LeaseRules,
     },
 }
 
@@ -277,6 +301,29 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
     };
     let path = store.non_empty_string(sink, "path");
     let table = store.string(sink, "table");
+    let create_table = store.bool(sink, "create_table").unwrap_or(false);
+    let region = store.non_empty_string(sink, "region");
+    if let Some(r) = region {
+        if !is_region(r) {
+            store.problem(
+                sink,
+                "region",
+                format!(
+                    "{} is not an AWS region name (like us-east-1)",
+                    problems::quote(r)
+                ),
+            );
+        }
+    }
+    let defaults = crate::core::lease::LeaseRules::DEFAULT;
+    let lease = crate::core::lease::LeaseRules {
+        duration: store
+            .seconds_in(sink, "lease_duration_seconds", 3..=300)
+            .unwrap_or(defaults.duration),
+        max_steal: store
+            .int_in(sink, "max_leases_to_steal", 1..=100)
+            .unwrap_or(defaults.max_steal),
+    };
     match kind {
         Some("dynamodb") => {
             if store.has("path") {
@@ -288,6 +335,9 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
             match table {
                 Some(t) if is_table_name(t) => StoreConfig::DynamoDb {
                     table: t.to_string(),
+                    create_table,
+                    region: region.map(str::to_string),
+                    lease,
                 },
                 Some(t) => {
                     store.problem(
@@ -304,8 +354,10 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
             }
         }
         Some(_) => {
-            if store.has("table") {
-                store.problem(sink, "table", "only allowed with kind = \"dynamodb\"");
+            for key in DYNAMODB_KEYS {
+                if store.has(key) {
+                    store.problem(sink, key, "only allowed with kind = \"dynamodb\"");
+                }
             }
             StoreConfig::Local {
                 path: resolve(path.unwrap_or(DEFAULT_STORE_PATH), base_dir),
@@ -313,6 +365,15 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
         }
         None => default(),
     }
+}
+
+/// Whether `name` looks like an AWS region name (`us-east-1`, `eu-central-2`).
+fn is_region(name: &str) -> bool {
+    name.len() <= 32
+        && name.split('-').count() >= 3
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 /// Whether `name` is a valid DynamoDB table name.
@@ -354,7 +415,7 @@ impl Config {
             .collect();
         let store = match &self.store {
             StoreConfig::Local { path } => format!("store local at {}", path.display()),
-            StoreConfig::DynamoDb { table } => format!("store dynamodb table {table}"),
+            StoreConfig::DynamoDb { table, .. } => format!("store dynamodb table {table}"),
         };
         let mut line = format!(
             "valid: {count} mapping{} ({}); {store}",

@@ -4,9 +4,9 @@
 //! `unsupported:`); delete both when the feature lands.
 
 use super::mapping::mapping_paths;
-use super::problems::{quote, Problem};
+use super::problems::Problem;
 use super::walk::child_path;
-use super::{Config, StoreConfig};
+use super::Config;
 
 /// A setting that is valid but not built yet: shown at `at` (under its
 /// mapping, if any) as `not supported yet: KEY = VALUE (WHY)`.
@@ -31,16 +31,7 @@ impl NotYet {
 /// Problems for every setting in `config` that esm does not support yet,
 /// as `PATH: not supported yet: KEY = VALUE (why)`.
 pub fn check_supported(config: &Config) -> Vec<Problem> {
-    let mut found = Vec::new();
-    if let StoreConfig::DynamoDb { .. } = config.store {
-        found.push(NotYet {
-            at: "store.kind".to_string(),
-            key: "kind",
-            value: quote("dynamodb"),
-            why: "the DynamoDB lease store is not built yet; use kind = \"local\"",
-        });
-    }
-    let mut problems: Vec<Problem> = found.into_iter().map(|n| n.problem("")).collect();
+    let mut problems: Vec<Problem> = Vec::new();
     let names: Vec<Option<&str>> = config
         .mappings
         .iter()

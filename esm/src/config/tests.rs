@@ -213,6 +213,10 @@ max_buffered_mb = 4096
 [store]
 kind = "dynamodb"
 table = "esm-leases"
+create_table = true
+region = "eu-west-1"
+lease_duration_seconds = 20
+max_leases_to_steal = 2
 
 [server]
 listen = "0.0.0.0:9100"
@@ -264,7 +268,13 @@ fn every_setting_is_read() {
     assert_eq!(
         config.store,
         StoreConfig::DynamoDb {
-            table: "esm-leases".to_string()
+            table: "esm-leases".to_string(),
+            create_table: true,
+            region: Some("eu-west-1".to_string()),
+            lease: crate::core::lease::LeaseRules {
+                duration: Duration::from_secs(20),
+                max_steal: 2,
+            },
         }
     );
     assert_eq!(
@@ -344,12 +354,8 @@ fn every_setting_is_read() {
 
 #[test]
 fn unsupported_settings_are_each_one_problem() {
-    assert_eq!(
-        all_problems(EVERYTHING),
-        vec![
-            "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
-        ]
-    );
+    // The DynamoDB lease store has landed: every setting is supported.
+    assert_eq!(all_problems(EVERYTHING), Vec::<String>::new());
     // Enhanced fan-out has landed: a consumer ARN is accepted, and read.
     let config = valid(&BASE.replace("stream/orders", "stream/orders/consumer/esm:1700000000"));
     assert_eq!(
@@ -1027,6 +1033,33 @@ fn missing_required_keys() {
 }
 
 #[test]
+fn store_settings_name_their_range() {
+    let dynamodb = |extra: &str| {
+        validation_problems(&with_root(&format!(
+            "[store]\nkind = \"dynamodb\"\ntable = \"esm-leases\"\n{extra}"
+        )))
+    };
+    assert_eq!(
+        dynamodb("lease_duration_seconds = 2\nmax_leases_to_steal = 0\nregion = \"Mars\"\ncreate_table = \"yes\""),
+        vec![
+            "store.lease_duration_seconds: 2 is out of range 3..=300",
+            "store.max_leases_to_steal: 0 is out of range 1..=100",
+            "store.region: \"Mars\" is not an AWS region name (like us-east-1)",
+            "store.create_table: expected a boolean (true or false), found string \"yes\"",
+        ]
+    );
+    assert_eq!(
+        validation_problems(&with_root(
+            "[store]\ncreate_table = true\nlease_duration_seconds = 30"
+        )),
+        vec![
+            "store.create_table: only allowed with kind = \"dynamodb\"",
+            "store.lease_duration_seconds: only allowed with kind = \"dynamodb\"",
+        ]
+    );
+}
+
+#[test]
 fn zero_mappings() {
     assert_eq!(
         validation_problems("shutdown_timeout_seconds = 10\n"),
@@ -1316,8 +1349,7 @@ fn server_listen() {
 
 #[test]
 fn problems_come_in_file_order_then_unsupported() {
-    // The DynamoDB store (not supported yet) comes first in the file, yet its
-    // problem comes last. The tumbling window and fan-out have landed: no problem.
+    // The DynamoDB store, the tumbling window and fan-out have landed: no problem.
     let text = format!(
         "[store]\nkind = \"dynamodb\"\ntable = \"esm-leases\"\n{}\ntumbling_window_in_seconds = 60\nzzz = 1\nbatch_size = 0\n[mapping.function]\ncommand = [\"./h\"]\n",
         BASE.replace("function = \"echo\"\n", "")
@@ -1329,7 +1361,6 @@ fn problems_come_in_file_order_then_unsupported() {
             "shutdown_timeout_seconds: -5 is out of range 0..=3600",
             "mapping[orders].zzz: unknown key",
             "mapping[orders].batch_size: 0 is out of range 1..=10000",
-            "store.kind: not supported yet: kind = \"dynamodb\" (the DynamoDB lease store is not built yet; use kind = \"local\")",
         ]
     );
     assert_eq!(

@@ -15,6 +15,7 @@ pub mod event;
 pub mod failure;
 pub mod filter;
 pub mod kpl;
+pub mod lease;
 pub mod lineage;
 pub mod on_failure;
 pub mod pacing;

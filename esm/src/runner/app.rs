@@ -11,11 +11,13 @@ use tokio_util::sync::CancellationToken;
 use super::budget::MemoryBudget;
 use super::{mapping, MappingContext, MappingSpec};
 use crate::config::{Config, FunctionConfig, MappingConfig, Problem, StoreConfig};
+use crate::core::lease::LeaseRules;
 use crate::invoke::{Invoker, Registry, RuntimeApiInvoker, WorkerSettings};
 use crate::metrics::Metrics;
 use crate::server::{Observed, Server, ServerError};
 use crate::source::consumer::ensure_consumer;
 use crate::status::StatusBoard;
+use crate::store::dynamodb::DynamoStore;
 use crate::store::local::LocalStore;
 use crate::store::{CheckpointStore, StoreError};
 
@@ -189,6 +191,26 @@ pub(crate) fn resolve_invoker(
     }
 }
 
+/// Opens the configured store, with the lease rules its keepers follow.
+pub async fn open_store(
+    config: &Config,
+) -> Result<(Arc<dyn CheckpointStore>, LeaseRules), StoreError> {
+    Ok(match &config.store {
+        StoreConfig::Local { path } => (Arc::new(LocalStore::open(path)?), LeaseRules::DEFAULT),
+        StoreConfig::DynamoDb {
+            table,
+            create_table,
+            region,
+            lease,
+        } => {
+            let region = crate::store::dynamodb::table_region(config, region.as_deref());
+            let store = DynamoStore::open(table, &region, *create_table).await?;
+            tracing::info!(table = %table, region = %region, lease_duration = ?lease.duration, "lease store: DynamoDB");
+            (Arc::new(store), *lease)
+        }
+    })
+}
+
 /// Runs every enabled mapping until `shutdown` fires, then stops them within
 /// `shutdown_timeout_seconds`.
 pub async fn run(
@@ -200,17 +222,9 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(RunError::Config { problems });
     }
-    let store: Arc<dyn CheckpointStore> = match &config.store {
-        StoreConfig::Local { path } => Arc::new(LocalStore::open(path)?),
-        StoreConfig::DynamoDb { .. } => {
-            return Err(RunError::Config {
-                problems: vec![Problem {
-                    path: "store.kind".into(),
-                    message: "not supported yet: dynamodb".into(),
-                }],
-            })
-        }
-    };
+    let (store, lease_rules) = open_store(&config).await?;
+    let instance = super::leases::instance_id();
+    tracing::info!(instance = %instance, "this instance's name in the lease table");
 
     let metrics = Metrics::new();
     let board = StatusBoard::new();
@@ -301,6 +315,8 @@ pub async fn run(
             client,
             destination,
             budget: budget.clone(),
+            instance: instance.clone(),
+            lease_rules,
         });
         let token = mapping_cancel.child_token();
         let name = m.name.clone();

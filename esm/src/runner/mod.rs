@@ -2,10 +2,12 @@
 //!
 //! [`app::run`] opens the checkpoint store, resolves each enabled mapping's function,
 //! and runs a [`mapping`] loop per mapping until a shutdown signal; each mapping loop
-//! discovers shards and runs a [`shard`] runner per readable shard.
+//! discovers shards and runs a [`shard`] runner per readable shard whose lease its
+//! [`leases`] keeper holds.
 
 pub mod app;
 pub mod budget;
+pub mod leases;
 pub mod mapping;
 mod notes;
 pub mod shard;
@@ -125,4 +127,8 @@ pub struct MappingContext {
     pub budget: budget::MemoryBudget,
     /// Where the mapping tells `/status` and `/readyz` about its shards.
     pub board: crate::status::MappingBoard,
+    /// This instance's name in the lease table.
+    pub instance: String,
+    /// Lease timing and balancing.
+    pub lease_rules: crate::core::lease::LeaseRules,
 }

@@ -51,6 +51,7 @@ type Reading = BoxFuture<
 pub struct ShardRunner {
     ctx: Arc<MappingContext>,
     machine: ShardMachine,
+    lease: Lease,
     reporter: ShardReporter,
     gauges: ShardGauges,
 }
@@ -62,13 +63,14 @@ enum Step {
 }
 
 impl ShardRunner {
-    /// A runner for `shard`, resuming from `state`; `retention` is the stream's
-    /// retention period, when the failure rules need it. It reports through
-    /// `reporter` (`/readyz`, `/status`).
+    /// A runner for `shard`, resuming from `state` and writing its checkpoints
+    /// under `lease`; `retention` is the stream's retention period, when the failure
+    /// rules need it. It reports through `reporter` (`/readyz`, `/status`).
     pub fn new(
         ctx: Arc<MappingContext>,
         shard: &ShardInfo,
         state: ShardCheckpoint,
+        lease: Lease,
         retention: Option<std::time::Duration>,
         reporter: ShardReporter,
     ) -> Self {
@@ -98,6 +100,7 @@ impl ShardRunner {
         Self {
             ctx,
             machine,
+            lease,
             reporter,
             gauges,
         }
@@ -113,10 +116,7 @@ impl ShardRunner {
         let ctx = self.ctx.clone();
         let spec = &ctx.spec;
         let shard_id = self.machine.settings().shard_id.clone();
-        let lease = match ctx.store.acquire(&spec.name, &shard_id).await {
-            Ok(lease) => lease,
-            Err(e) => return ShardExit::Failed(e.to_string()),
-        };
+        let lease = self.lease.clone();
         let from = self.machine.read_from();
         tracing::info!(from = ?from, lanes = self.machine.settings().router.lanes(), "reading shard");
         let reader: Box<dyn ShardSource> = match &spec.consumer_arn {
@@ -231,13 +231,19 @@ impl ShardRunner {
                 let shard = self.machine.settings().shard_id.clone();
                 io.saving = Some(
                     async move {
-                        ctx.store
-                            .save(&ctx.spec.name, &shard, &state, &lease)
-                            .await
-                            .map_err(|e| match e {
-                                StoreError::LeaseLost { .. } => SaveError::LeaseLost(e.to_string()),
-                                other => SaveError::Failed(other.to_string()),
-                            })
+                        let saved = ctx.store.save(&ctx.spec.name, &shard, &state, &lease).await;
+                        let checkpoint = state.checkpoint.as_ref().map(ToString::to_string);
+                        match saved {
+                            Ok(()) => {
+                                tracing::debug!(checkpoint, finished = state.finished, lease_counter = lease.counter, "checkpoint saved");
+                                Ok(())
+                            }
+                            Err(e @ StoreError::LeaseLost { .. }) => {
+                                tracing::warn!(checkpoint, lease_counter = lease.counter, error = %e, "checkpoint write refused: this instance no longer holds the shard's lease");
+                                Err(SaveError::LeaseLost(e.to_string()))
+                            }
+                            Err(other) => Err(SaveError::Failed(other.to_string())),
+                        }
                     }
                     .boxed(),
                 );

@@ -31,6 +31,10 @@ pub enum ShardPlace {
 struct ShardEntry {
     place: ShardPlace,
     parents: Vec<String>,
+    /// The instance holding its lease, as last read.
+    owner: Option<String>,
+    /// This instance holds its lease.
+    mine: bool,
     stored: Option<ShardCheckpoint>,
     read: Arc<AtomicBool>,
     live: Option<mpsc::Sender<SnapshotRequest>>,
@@ -39,6 +43,8 @@ struct ShardEntry {
 #[derive(Debug, Default)]
 struct MappingView {
     listed: bool,
+    /// The lease keeper has completed a round: what this instance holds is known.
+    leased: bool,
     shards: BTreeMap<String, ShardEntry>,
 }
 
@@ -74,13 +80,16 @@ impl MappingBoard {
         self.view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A listing found `shard` at `place`, with `parents` and what the store holds.
+    /// A listing found `shard` at `place`, with `parents`, what the store holds,
+    /// the lease's `owner`, and whether this instance holds it (`mine`).
     pub fn listed(
         &self,
         shard: &str,
         place: ShardPlace,
         parents: Vec<String>,
         stored: Option<&ShardCheckpoint>,
+        owner: Option<String>,
+        mine: bool,
     ) {
         let mut view = self.lock();
         let entry = view
@@ -89,6 +98,8 @@ impl MappingBoard {
             .or_insert_with(|| ShardEntry {
                 place,
                 parents: Vec::new(),
+                owner: None,
+                mine: false,
                 stored: None,
                 read: Arc::new(AtomicBool::new(false)),
                 live: None,
@@ -96,14 +107,18 @@ impl MappingBoard {
         entry.place = place;
         entry.parents = parents;
         entry.stored = stored.cloned();
+        entry.owner = owner;
+        entry.mine = mine;
     }
 
     /// The mapping has listed its shards (all of them reported with [`Self::listed`]);
-    /// shards no longer listed (trimmed from the stream) are forgotten.
-    pub fn listing_done(&self, listed: &[&str]) {
+    /// shards no longer listed (trimmed from the stream) are forgotten. `leased`:
+    /// the lease keeper has completed a round.
+    pub fn listing_done(&self, listed: &[&str], leased: bool) {
         let listed: HashSet<&str> = listed.iter().copied().collect();
         let mut view = self.lock();
         view.listed = true;
+        view.leased = leased;
         view.shards
             .retain(|id, entry| entry.live.is_some() || listed.contains(id.as_str()));
     }
@@ -118,6 +133,8 @@ impl MappingBoard {
             .or_insert_with(|| ShardEntry {
                 place: ShardPlace::Readable,
                 parents: Vec::new(),
+                owner: None,
+                mine: true,
                 stored: None,
                 read: Arc::new(AtomicBool::new(false)),
                 live: None,
@@ -145,38 +162,41 @@ impl MappingBoard {
 
     /// The mapping's status, asking each running shard for its state.
     pub async fn report(&self) -> MappingStatus {
-        let (listed, entries) = {
+        let (listed, ready, entries) = {
             let view = self.lock();
             let entries: Vec<_> = view
                 .shards
                 .iter()
                 .map(|(id, e)| {
                     (
-                        id.clone(),
-                        e.place,
-                        e.parents.clone(),
-                        e.stored.clone(),
-                        e.read.load(Ordering::Relaxed),
+                        Known {
+                            shard_id: id.clone(),
+                            place: e.place,
+                            parents: e.parents.clone(),
+                            owner: e.owner.clone(),
+                            mine: e.mine,
+                            stored: e.stored.clone(),
+                            read: e.read.load(Ordering::Relaxed),
+                        },
                         e.live.clone(),
                     )
                 })
                 .collect();
-            (view.listed, entries)
+            (
+                view.listed,
+                not_ready(&self.name, &view).is_empty(),
+                entries,
+            )
         };
-        let ready = listed
-            && entries
-                .iter()
-                .all(|(_, place, _, _, read, _)| *place != ShardPlace::Readable || *read);
-        let shards = futures::future::join_all(entries.into_iter().map(
-            |(shard_id, place, parents, stored, read, live)| async move {
+        let shards =
+            futures::future::join_all(entries.into_iter().map(|(known, live)| async move {
                 let machine = match live {
                     Some(live) => snapshot(&live).await,
                     None => None,
                 };
-                shard_status(shard_id, place, parents, stored, read, machine)
-            },
-        ))
-        .await;
+                shard_status(known, machine)
+            }))
+            .await;
         MappingStatus {
             name: self.name.clone(),
             listed,
@@ -187,19 +207,42 @@ impl MappingBoard {
 
     /// Why the mapping is not ready (empty when it is), without asking the runners.
     pub fn not_ready(&self) -> Vec<String> {
-        let view = self.lock();
-        if !view.listed {
-            return vec![format!(
-                "mapping {}: its shards have not been listed yet",
-                self.name
-            )];
-        }
-        view.shards
-            .iter()
-            .filter(|(_, e)| e.place == ShardPlace::Readable && !e.read.load(Ordering::Relaxed))
-            .map(|(id, _)| format!("mapping {}: shard {id} has not been read yet", self.name))
-            .collect()
+        not_ready(&self.name, &self.lock())
     }
+}
+
+/// Why mapping `name` is not ready: not listed yet, its leases not known yet, or a
+/// shard this instance holds and may read not read yet (shards waiting for a
+/// parent, or held by a peer, do not count).
+fn not_ready(name: &str, view: &MappingView) -> Vec<String> {
+    if !view.listed {
+        return vec![format!(
+            "mapping {name}: its shards have not been listed yet"
+        )];
+    }
+    if !view.leased {
+        return vec![format!(
+            "mapping {name}: its shard leases have not been read yet"
+        )];
+    }
+    view.shards
+        .iter()
+        .filter(|(_, e)| {
+            e.place == ShardPlace::Readable && e.mine && !e.read.load(Ordering::Relaxed)
+        })
+        .map(|(id, _)| format!("mapping {name}: shard {id} has not been read yet"))
+        .collect()
+}
+
+/// What the mapping knows of one shard, without asking its runner.
+struct Known {
+    shard_id: String,
+    place: ShardPlace,
+    parents: Vec<String>,
+    owner: Option<String>,
+    mine: bool,
+    stored: Option<ShardCheckpoint>,
+    read: bool,
 }
 
 /// Asks a running shard for its state.
@@ -213,14 +256,16 @@ async fn snapshot(live: &mpsc::Sender<SnapshotRequest>) -> Option<serde_json::Va
 }
 
 /// One shard's row, from what the mapping knows and (while it runs) its machine.
-fn shard_status(
-    shard_id: String,
-    place: ShardPlace,
-    parents: Vec<String>,
-    stored: Option<ShardCheckpoint>,
-    read: bool,
-    machine: Option<serde_json::Value>,
-) -> ShardStatus {
+fn shard_status(known: Known, machine: Option<serde_json::Value>) -> ShardStatus {
+    let Known {
+        shard_id,
+        place,
+        parents,
+        owner,
+        mine,
+        stored,
+        read,
+    } = known;
     let from_machine = |key: &str| machine.as_ref().and_then(|m| m.get(key));
     let state = match (place, from_machine("phase").and_then(|p| p.as_str())) {
         (ShardPlace::Finished, _) | (_, Some("finished")) => "finished",
@@ -229,6 +274,7 @@ fn shard_status(
         (ShardPlace::Readable, Some("draining")) => "closed_parent",
         (ShardPlace::Readable, Some("stopping" | "stopped")) => "stopping",
         (ShardPlace::Readable, Some("failing" | "failed")) => "failing",
+        (ShardPlace::Readable, None) if !mine && owner.is_some() => "held_by_peer",
         (ShardPlace::Readable, _) => "starting",
     };
     // The durable checkpoint: the machine's saved one while it runs, else the store's.
@@ -241,7 +287,7 @@ fn shard_status(
         shard_id,
         state: state.to_owned(),
         parents,
-        lease_owner: None,
+        lease_owner: owner,
         checkpoint,
         read,
         iterator_age_ms: from_machine("iterator_age_ms").and_then(|v| v.as_u64()),
@@ -323,10 +369,35 @@ mod tests {
             ShardPlace::Finished,
             vec![],
             Some(&checkpoint("9", true)),
+            None,
+            false,
         );
-        orders.listed("a", ShardPlace::Readable, vec!["parent".into()], None);
-        orders.listed("b", ShardPlace::WaitingForParent, vec!["a".into()], None);
-        orders.listing_done(&["parent", "a", "b"]);
+        let me = Some("me".to_string());
+        orders.listed(
+            "a",
+            ShardPlace::Readable,
+            vec!["parent".into()],
+            None,
+            me,
+            true,
+        );
+        orders.listed(
+            "b",
+            ShardPlace::WaitingForParent,
+            vec!["a".into()],
+            None,
+            None,
+            false,
+        );
+        // Held by a peer: not this instance's to read.
+        let peer = Some("peer".to_string());
+        orders.listed("c", ShardPlace::Readable, vec![], None, peer, false);
+        orders.listing_done(&["parent", "a", "b", "c"], false);
+        assert_eq!(
+            board.not_ready(),
+            ["mapping orders: its shard leases have not been read yet"]
+        );
+        orders.listing_done(&["parent", "a", "b", "c"], true);
         assert_eq!(
             board.not_ready(),
             ["mapping orders: shard a has not been read yet"]
@@ -372,8 +443,17 @@ mod tests {
             [
                 ("a", "reading", Some("12")),
                 ("b", "waiting_for_parent", None),
+                ("c", "held_by_peer", None),
                 ("parent", "finished", Some("9")),
             ]
+        );
+        assert_eq!(
+            report.mappings[0].shards[0].lease_owner.as_deref(),
+            Some("me")
+        );
+        assert_eq!(
+            report.mappings[0].shards[2].lease_owner.as_deref(),
+            Some("peer")
         );
         assert_eq!(report.mappings[0].shards[0].iterator_age_ms, Some(40));
         assert_eq!(report.mappings[0].shards[0].retries_pending, Some(1));

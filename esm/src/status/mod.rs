@@ -49,15 +49,17 @@ pub struct ShardStatus {
     /// The shard.
     pub shard_id: String,
     /// `reading`, `closed_parent` (a closed shard being read to its end), `starting`
-    /// (readable, its runner not running yet or restarting), `waiting_for_parent`,
+    /// (readable, its runner not running yet or restarting), `held_by_peer` (another
+    /// instance holds its lease), `waiting_for_parent`, `held` (read from a lease table: an
+    /// instance holds it),
     /// `finished`, `stopping`, `failing`, or `stopped` (read from the store of a
     /// stopped esm).
     pub state: String,
     /// Its parents (a reshard's children wait for them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<String>,
-    /// The instance holding the shard's lease (with a lease store; `null` with the
-    /// local store, whose one process holds every shard).
+    /// The instance holding the shard's lease (`null` while nobody does; with the
+    /// local store, this process once it runs the shard).
     pub lease_owner: Option<String>,
     /// The durable checkpoint: every record at or before it is done
     /// (`SEQUENCE` or `SEQUENCE/SUB_SEQUENCE`).

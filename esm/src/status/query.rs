@@ -13,8 +13,9 @@ use hyper_util::rt::TokioIo;
 
 use super::{MappingStatus, ShardStatus, StatusReport};
 use crate::config::{Config, StoreConfig};
+use crate::store::dynamodb::DynamoStore;
 use crate::store::local::{LocalStore, FILE_NAME};
-use crate::store::{CheckpointStore as _, StoreError};
+use crate::store::{CheckpointStore, StoreError};
 
 /// How long `esm status` waits for the running instance.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +27,8 @@ pub enum Source {
     Server(String),
     /// The store at this path; no instance is running.
     Store(String),
+    /// The fleet's lease table (described); instances may be running.
+    Table(String),
 }
 
 /// Why `esm status` has nothing to show (exit code 1).
@@ -50,11 +53,22 @@ pub async fn query(config: &Config) -> Result<(StatusReport, Source), QueryError
     };
     let path = match &config.store {
         StoreConfig::Local { path } => path,
-        StoreConfig::DynamoDb { table } => {
-            return Err(QueryError::Unavailable(format!(
-                "{}the DynamoDB store (table {table}) cannot be read yet",
-                asked.map(|a| format!("{a}, and ")).unwrap_or_default()
-            )))
+        StoreConfig::DynamoDb { table, region, .. } => {
+            // The table is shared by the fleet: it always answers, owners included.
+            let region = crate::store::dynamodb::table_region(config, region.as_deref());
+            let place = format!("DynamoDB table {table} ({region})");
+            return match DynamoStore::open(table, &region, false).await {
+                Ok(store) => Ok((
+                    rows_of(config, &store)
+                        .await
+                        .map_err(|e| QueryError::Unavailable(e.to_string()))?,
+                    Source::Table(place),
+                )),
+                Err(e) => Err(QueryError::Unavailable(format!(
+                    "{}the {place} cannot be read: {e}",
+                    asked.map(|a| format!("{a}, and ")).unwrap_or_default()
+                ))),
+            };
         }
     };
     match from_store(config, path).await {
@@ -136,20 +150,29 @@ async fn from_store(config: &Config, path: &Path) -> Result<StatusReport, String
         ),
         other => other.to_string(),
     })?;
+    rows_of(config, &store).await.map_err(|e| e.to_string())
+}
+
+/// The status of `config`'s enabled mappings as `store` holds it (no instance is
+/// asked: a shard is `finished`, `held` by its lease owner, or `stopped`).
+async fn rows_of(config: &Config, store: &dyn CheckpointStore) -> Result<StatusReport, StoreError> {
     let mut mappings = Vec::new();
     for m in config.mappings.iter().filter(|m| m.enabled) {
-        let stored = store.load(&m.name).await.map_err(|e| e.to_string())?;
+        let stored = store.load(&m.name).await?;
         let shards = stored
             .into_iter()
-            .map(|(shard_id, checkpoint)| ShardStatus {
+            .map(|(shard_id, row)| ShardStatus {
                 shard_id,
-                state: if checkpoint.finished {
+                state: if row.checkpoint.finished {
                     "finished"
+                } else if row.lease.owner.is_some() {
+                    "held"
                 } else {
                     "stopped"
                 }
                 .to_owned(),
-                checkpoint: checkpoint.checkpoint.map(|p| p.to_string()),
+                lease_owner: row.lease.owner,
+                checkpoint: row.checkpoint.checkpoint.map(|p| p.to_string()),
                 ..ShardStatus::default()
             })
             .collect();

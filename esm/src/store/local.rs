@@ -10,14 +10,15 @@
 //! [`ShardCheckpoint`] (small, readable with any redb tool, easy to migrate).
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
-use redb::{Database, DatabaseError, ReadableDatabase as _, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
-use super::{CheckpointStore, Lease, ShardCheckpoint, StoreError};
+use super::{CheckpointStore, Lease, LeaseState, ShardCheckpoint, StoreError, StoredShard};
 
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 const KEY_SEPARATOR: char = '\u{1f}';
@@ -29,14 +30,15 @@ pub const FILE_NAME: &str = "checkpoints.redb";
 #[derive(Clone)]
 pub struct LocalStore {
     db: Arc<Database>,
-    owner: String,
+    /// The leases this process handed out (the file lock makes it the only
+    /// process; leases keep a runner that lost its shard, in a restart or to
+    /// `esm checkpoint`, from writing).
+    leases: Arc<Mutex<HashMap<String, LeaseState>>>,
 }
 
 impl std::fmt::Debug for LocalStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalStore")
-            .field("owner", &self.owner)
-            .finish()
+        f.debug_struct("LocalStore").finish()
     }
 }
 
@@ -61,7 +63,7 @@ impl LocalStore {
         txn.commit().map_err(backend)?;
         Ok(Self {
             db: Arc::new(db),
-            owner: format!("local-{}", std::process::id()),
+            leases: Arc::default(),
         })
     }
 
@@ -86,6 +88,26 @@ impl LocalStore {
         Ok(out)
     }
 
+    fn create_blocking(
+        &self,
+        mapping: &str,
+        shard: &str,
+        state: &ShardCheckpoint,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        let key = key(mapping, shard);
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = txn.open_table(CHECKPOINTS).map_err(backend)?;
+            if table.get(key.as_str()).map_err(backend)?.is_none() {
+                table
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
     fn save_blocking(
         &self,
         mapping: &str,
@@ -93,7 +115,7 @@ impl LocalStore {
         state: &ShardCheckpoint,
     ) -> Result<(), StoreError> {
         let value = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let key = format!("{mapping}{KEY_SEPARATOR}{shard}");
+        let key = key(mapping, shard);
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut table = txn.open_table(CHECKPOINTS).map_err(backend)?;
@@ -118,34 +140,71 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
+impl LocalStore {
+    /// Checks that `lease` is `shard`'s current lease in this process, and applies
+    /// `change` to it.
+    fn with_lease<T>(
+        &self,
+        mapping: &str,
+        shard: &str,
+        lease: &Lease,
+        change: impl FnOnce(&mut LeaseState) -> T,
+    ) -> Result<T, StoreError> {
+        let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        let current = leases.entry(key(mapping, shard)).or_default();
+        if current.owner.as_deref() != Some(lease.owner.as_str())
+            || current.counter != lease.counter
+        {
+            return Err(StoreError::LeaseLost {
+                mapping: mapping.to_string(),
+                shard: shard.to_string(),
+                holder: current.owner.clone().unwrap_or_else(|| "nobody".into()),
+            });
+        }
+        Ok(change(current))
+    }
+
+    fn lease_of(&self, mapping: &str, shard: &str) -> LeaseState {
+        let leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+        leases
+            .get(&key(mapping, shard))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn key(mapping: &str, shard: &str) -> String {
+    format!("{mapping}{KEY_SEPARATOR}{shard}")
+}
+
 impl CheckpointStore for LocalStore {
     fn load(
         &self,
         mapping: &str,
-    ) -> BoxFuture<'_, Result<BTreeMap<String, ShardCheckpoint>, StoreError>> {
+    ) -> BoxFuture<'_, Result<BTreeMap<String, StoredShard>, StoreError>> {
         let (this, mapping) = (self.clone(), mapping.to_string());
-        blocking(move || this.load_blocking(&mapping)).boxed()
+        async move {
+            let loaded = {
+                let (this, mapping) = (this.clone(), mapping.clone());
+                blocking(move || this.load_blocking(&mapping)).await?
+            };
+            Ok(loaded
+                .into_iter()
+                .map(|(shard, checkpoint)| {
+                    let lease = this.lease_of(&mapping, &shard);
+                    (shard, StoredShard { checkpoint, lease })
+                })
+                .collect())
+        }
+        .boxed()
     }
 
-    fn acquire<'a>(
-        &'a self,
-        _mapping: &'a str,
-        _shard: &'a str,
-    ) -> BoxFuture<'a, Result<Lease, StoreError>> {
-        // The file lock already makes this process the only writer.
-        let lease = Lease {
-            owner: self.owner.clone(),
-            counter: 1,
-        };
-        async move { Ok(lease) }.boxed()
-    }
-
-    fn save<'a>(
+    fn create<'a>(
         &'a self,
         mapping: &'a str,
         shard: &'a str,
         state: &'a ShardCheckpoint,
-        _lease: &'a Lease,
+        _parents: &'a [String],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let (this, mapping, shard, state) = (
             self.clone(),
@@ -153,7 +212,88 @@ impl CheckpointStore for LocalStore {
             shard.to_string(),
             state.clone(),
         );
-        blocking(move || this.save_blocking(&mapping, &shard, &state)).boxed()
+        blocking(move || this.create_blocking(&mapping, &shard, &state)).boxed()
+    }
+
+    fn take<'a>(
+        &'a self,
+        mapping: &'a str,
+        shard: &'a str,
+        owner: &'a str,
+        expected: &'a LeaseState,
+    ) -> BoxFuture<'a, Result<(Lease, StoredShard), StoreError>> {
+        async move {
+            let lease = {
+                let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
+                let current = leases.entry(key(mapping, shard)).or_default();
+                if current != expected {
+                    return Err(StoreError::LeaseLost {
+                        mapping: mapping.to_string(),
+                        shard: shard.to_string(),
+                        holder: current.owner.clone().unwrap_or_else(|| "nobody".into()),
+                    });
+                }
+                current.owner = Some(owner.to_string());
+                current.counter += 1;
+                current.heartbeat += 1;
+                current.clone()
+            };
+            let checkpoint = self
+                .load(mapping)
+                .await?
+                .remove(shard)
+                .map(|row| row.checkpoint)
+                .ok_or_else(|| {
+                    StoreError::Backend(format!("no checkpoint recorded for {mapping}/{shard}"))
+                })?;
+            let held = Lease {
+                owner: owner.to_string(),
+                counter: lease.counter,
+            };
+            Ok((held, StoredShard { checkpoint, lease }))
+        }
+        .boxed()
+    }
+
+    fn renew<'a>(
+        &'a self,
+        mapping: &'a str,
+        shard: &'a str,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.with_lease(mapping, shard, lease, |l| l.heartbeat += 1);
+        async move { result }.boxed()
+    }
+
+    fn release<'a>(
+        &'a self,
+        mapping: &'a str,
+        shard: &'a str,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.with_lease(mapping, shard, lease, |l| l.owner = None);
+        async move { result }.boxed()
+    }
+
+    fn save<'a>(
+        &'a self,
+        mapping: &'a str,
+        shard: &'a str,
+        state: &'a ShardCheckpoint,
+        lease: &'a Lease,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let checked = self.with_lease(mapping, shard, lease, |_| ());
+        let (this, mapping, shard, state) = (
+            self.clone(),
+            mapping.to_string(),
+            shard.to_string(),
+            state.clone(),
+        );
+        async move {
+            checked?;
+            blocking(move || this.save_blocking(&mapping, &shard, &state)).await
+        }
+        .boxed()
     }
 }
 
@@ -169,27 +309,40 @@ mod tests {
         let mut state = ShardCheckpoint::new(StartAt::TrimHorizon);
         {
             let store = LocalStore::open(dir.path()).unwrap();
-            let lease = store.acquire("orders", "shardId-1").await.unwrap();
+            for (mapping, shard) in [
+                ("orders", "shardId-1"),
+                ("orders-2", "shardId-1"),
+                ("order", "shardId-9"),
+            ] {
+                store
+                    .create(mapping, shard, &ShardCheckpoint::new(StartAt::Latest), &[])
+                    .await
+                    .unwrap();
+            }
+            let (lease, _) = store
+                .take("orders", "shardId-1", "me", &LeaseState::default())
+                .await
+                .unwrap();
             state.checkpoint = Some(Position::plain(SequenceNumber::parse("42").unwrap()));
             store
                 .save("orders", "shardId-1", &state, &lease)
-                .await
-                .unwrap();
-            let other = ShardCheckpoint::new(StartAt::Latest);
-            store
-                .save("orders-2", "shardId-1", &other, &lease)
-                .await
-                .unwrap();
-            store
-                .save("order", "shardId-9", &other, &lease)
                 .await
                 .unwrap();
         }
         let store = LocalStore::open(dir.path()).unwrap();
         let loaded = store.load("orders").await.unwrap();
         assert_eq!(loaded.len(), 1);
-        assert_eq!(loaded["shardId-1"], state);
+        assert_eq!(loaded["shardId-1"].checkpoint, state);
+        // Leases do not outlive the process that held them.
+        assert_eq!(loaded["shardId-1"].lease, LeaseState::default());
         assert_eq!(store.load("nothing").await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn keeps_the_lease_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        crate::store::conformance::check(&store).await;
     }
 
     #[test]

@@ -19,7 +19,9 @@
 //! handled and the rest reported in `batchItemFailures`; with `RECORDER_POISON_WHILE=FILE`
 //! only while FILE exists (a record that fails for a while, then succeeds); `RECORDER_RESPONSE=JSON`
 //! returns that JSON after handling a batch; `RECORDER_ATTEMPTS=FILE` appends one
-//! line per invocation (`{"first","last","n"}`) before anything else happens.
+//! line per invocation (`{"first","last","n"}`) before anything else happens;
+//! `RECORDER_MAX_CONCURRENT=N` lets at most N invocations run at once in the process,
+//! whatever the shard (an instance with N workers: what scaling out adds to).
 //!
 //! A second handler, `windows`, is the `tumbling-window` example's aggregation
 //! (`tumbling_window_handler::handle`, counts per partition key in the window's
@@ -162,6 +164,10 @@ fn main() -> std::process::ExitCode {
         .map(|r| serde_json::from_str(&r).expect("RECORDER_RESPONSE must be JSON"))
         .unwrap_or(serde_json::Value::Null);
     let attempts = std::env::var("RECORDER_ATTEMPTS").ok();
+    let capacity = std::env::var("RECORDER_MAX_CONCURRENT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     let calls = Arc::new(AtomicU64::new(0));
     let running: Running = Arc::default();
     let file = Arc::new(Mutex::new(
@@ -173,12 +179,21 @@ fn main() -> std::process::ExitCode {
     ));
     let handler = service_fn(move |event: LambdaEvent<KinesisEvent>| {
         let (file, calls, running) = (file.clone(), calls.clone(), running.clone());
-        let (response, attempts) = (response.clone(), attempts.clone());
+        let (response, attempts, capacity) = (response.clone(), attempts.clone(), capacity.clone());
         let delay = delay.filter(|_| slow_while.as_ref().is_none_or(|file| file.exists()));
         let poison = poison
             .clone()
             .filter(|_| poison_while.as_ref().is_none_or(|file| file.exists()));
         async move {
+            let _slot = match capacity {
+                Some(capacity) => Some(
+                    capacity
+                        .acquire_owned()
+                        .await
+                        .map_err(|e| Error::from(e.to_string()))?,
+                ),
+                None => None,
+            };
             let started_ms = now_ms();
             let records = &event.payload.records;
             let shard = records

@@ -433,6 +433,9 @@ pub enum ShardExit {
     Stopped,
     /// The reader or the store failed; the mapping may start it again later.
     Failed(String),
+    /// A checkpoint write was refused: another instance holds the shard's lease now.
+    /// The mapping does not start it again unless it takes the lease back.
+    LeaseLost(String),
 }
 
 /// The whole state of one shard: what `/status` shows and what tests assert on.
@@ -790,9 +793,12 @@ impl ShardMachine {
                 }
             }
             Err(SaveError::LeaseLost(reason)) => {
+                // Another instance owns the shard: nothing more is written or started;
+                // what is in flight ends, then the shard stops.
                 self.state.lease_lost = true;
+                self.state.failure.get_or_insert(reason);
                 if self.may_start() {
-                    self.fail(reason);
+                    self.state.phase = Phase::Failing;
                 }
             }
             Err(SaveError::Failed(error)) => {
@@ -871,6 +877,9 @@ impl ShardMachine {
             return;
         }
         let (phase, exit) = match (state.phase, &state.failure) {
+            (_, Some(reason)) if state.lease_lost => {
+                (Phase::Stopped, ShardExit::LeaseLost(reason.clone()))
+            }
             (Phase::Failing, Some(reason)) => (Phase::Failed, ShardExit::Failed(reason.clone())),
             _ => (Phase::Stopped, ShardExit::Stopped),
         };

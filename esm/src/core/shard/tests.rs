@@ -619,7 +619,10 @@ fn a_lost_lease_stops_the_shard_without_writing_again() {
     sim.saving = None;
     sim.feed(Input::Saved(Err(SaveError::LeaseLost("held by b".into()))));
     assert!(sim.invoking.is_empty());
-    assert_eq!(sim.m.exit(), Some(&ShardExit::Failed("held by b".into())));
+    assert_eq!(
+        sim.m.exit(),
+        Some(&ShardExit::LeaseLost("held by b".into()))
+    );
 }
 
 #[test]
