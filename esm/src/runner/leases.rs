@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt as _;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,9 @@ use tracing::Instrument as _;
 use crate::core::lease::{plan, ClaimKind, LeaseRules, LeaseState, LeaseWatch};
 use crate::metrics::MappingMetrics;
 use crate::store::{CheckpointStore, Lease, StoreError, StoredShard};
+
+/// How many renewals are in flight at once.
+const RENEW_CONCURRENCY: usize = 16;
 
 /// What the keeper holds, as of its last round.
 #[derive(Clone, Debug, Default)]
@@ -167,15 +171,28 @@ impl Keeper {
         self.publish();
     }
 
+    /// Renews every held lease, [`RENEW_CONCURRENCY`] at a time: an instance with
+    /// hundreds of shards renews them all well within a renewal period.
     async fn renew(&mut self) {
         let now = Instant::now();
-        let held: Vec<(String, Lease)> = self
+        let renewals: Vec<_> = self
             .held
             .iter()
-            .map(|(s, l)| (s.clone(), l.clone()))
+            .map(|(shard, lease)| {
+                let (store, mapping) = (self.store.clone(), self.mapping.clone());
+                let (shard, lease) = (shard.clone(), lease.clone());
+                async move {
+                    let result = store.renew(&mapping, &shard, &lease).await;
+                    (shard, result)
+                }
+            })
             .collect();
-        for (shard, lease) in held {
-            match self.store.renew(&self.mapping, &shard, &lease).await {
+        let results: Vec<(String, Result<(), StoreError>)> = futures::stream::iter(renewals)
+            .buffer_unordered(RENEW_CONCURRENCY)
+            .collect()
+            .await;
+        for (shard, result) in results {
+            match result {
                 Ok(()) => {
                     self.renewed.insert(shard, now);
                 }

@@ -88,6 +88,17 @@ impl LocalStore {
         Ok(out)
     }
 
+    fn get_blocking(&self, key: &str) -> Result<Option<ShardCheckpoint>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(CHECKPOINTS).map_err(backend)?;
+        let Some(value) = table.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(value.value())
+            .map(Some)
+            .map_err(|e| StoreError::Backend(format!("corrupt checkpoint {key:?}: {e}")))
+    }
+
     fn create_blocking(
         &self,
         mapping: &str,
@@ -238,14 +249,13 @@ impl CheckpointStore for LocalStore {
                 current.heartbeat += 1;
                 current.clone()
             };
-            let checkpoint = self
-                .load(mapping)
-                .await?
-                .remove(shard)
-                .map(|row| row.checkpoint)
-                .ok_or_else(|| {
-                    StoreError::Backend(format!("no checkpoint recorded for {mapping}/{shard}"))
-                })?;
+            let checkpoint = {
+                let (this, key) = (self.clone(), key(mapping, shard));
+                blocking(move || this.get_blocking(&key)).await?
+            }
+            .ok_or_else(|| {
+                StoreError::Backend(format!("no checkpoint recorded for {mapping}/{shard}"))
+            })?;
             let held = Lease {
                 owner: owner.to_string(),
                 counter: lease.counter,
