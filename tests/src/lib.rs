@@ -13,7 +13,7 @@ pub mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -311,6 +311,27 @@ event_source_arn = "{arn}"
     let path = dir.join("esm.toml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Runs `esm status --config CONFIG`.
+pub fn esm_status(config: &Path) -> Output {
+    Command::new(bin_path("esm"))
+        .args(["status", "--config"])
+        .arg(config)
+        .output()
+        .expect("run esm status")
+}
+
+/// Runs `esm checkpoint ARGS --config CONFIG --mapping MAPPING`.
+pub fn esm_checkpoint(mapping: &str, args: &[&str], config: &Path) -> Output {
+    Command::new(bin_path("esm"))
+        .arg("checkpoint")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .args(["--mapping", mapping])
+        .output()
+        .expect("run esm checkpoint")
 }
 
 /// Where the workspace's binaries are (next to the test executable).

@@ -2,22 +2,15 @@
 //! next run handles those records again; `show` prints the new position; `set` while
 //! esm runs is refused.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use esm_e2e::*;
 
 const MAPPING: &str = "rewound";
 
-fn esm_checkpoint(args: &[&str], config: &std::path::Path) -> Output {
-    Command::new(bin_path("esm"))
-        .arg("checkpoint")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .args(["--mapping", MAPPING])
-        .output()
-        .expect("run esm checkpoint")
+fn checkpoint(args: &[&str], config: &std::path::Path) -> Output {
+    esm_checkpoint(MAPPING, args, config)
 }
 
 fn stdout(out: &Output) -> String {
@@ -65,12 +58,12 @@ async fn set_rewinds_a_stopped_mapping_and_is_refused_while_esm_runs() {
     let config = write_config(dir.path(), MAPPING, &stream, "batch_size = 5\n");
 
     // No run yet: nothing to show.
-    let out = esm_checkpoint(&["show"], &config);
+    let out = checkpoint(&["show"], &config);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("there is no checkpoint store"));
 
     assert_eq!(run_until(dir.path(), &config, "run1.jsonl", 20), all);
-    let shown = stdout(&esm_checkpoint(&["show"], &config));
+    let shown = stdout(&checkpoint(&["show"], &config));
     let last = all.last().unwrap();
     assert!(
         shown
@@ -82,9 +75,9 @@ async fn set_rewinds_a_stopped_mapping_and_is_refused_while_esm_runs() {
     // Rewind to the time between the batches: the second batch is handled again,
     // the first is not.
     let at = between.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let moved = stdout(&esm_checkpoint(&["set", "--at-timestamp", &at], &config));
+    let moved = stdout(&checkpoint(&["set", "--at-timestamp", &at], &config));
     assert!(moved.contains(&format!("at {at}")), "{moved}");
-    let shown = stdout(&esm_checkpoint(&["show", "--shard", &shard], &config));
+    let shown = stdout(&checkpoint(&["show", "--shard", &shard], &config));
     assert!(
         shown
             .lines()
@@ -99,7 +92,7 @@ async fn set_rewinds_a_stopped_mapping_and_is_refused_while_esm_runs() {
 
     // --sequence SEQ: SEQ itself is the next record read.
     let from = &all[13];
-    stdout(&esm_checkpoint(
+    stdout(&checkpoint(
         &["set", "--shard", &shard, "--sequence", from],
         &config,
     ));
@@ -113,7 +106,7 @@ async fn set_rewinds_a_stopped_mapping_and_is_refused_while_esm_runs() {
     wait_for_log(&mut esm, Duration::from_secs(30), "reading shard", |log| {
         log.contains("reading shard")
     });
-    let out = esm_checkpoint(&["set", "--trim-horizon"], &config);
+    let out = checkpoint(&["set", "--trim-horizon"], &config);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -121,14 +114,14 @@ async fn set_rewinds_a_stopped_mapping_and_is_refused_while_esm_runs() {
         "{stderr}"
     );
     esm.stop(Duration::from_secs(30));
-    let shown = stdout(&esm_checkpoint(&["show"], &config));
+    let shown = stdout(&checkpoint(&["show"], &config));
     assert!(shown.contains(&format!("after {last}")), "{shown}");
 
     // Bad arguments name what is wrong.
-    let out = esm_checkpoint(&["set", "--shard", "shardId-999", "--latest"], &config);
+    let out = checkpoint(&["set", "--shard", "shardId-999", "--latest"], &config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no shard shardId-999"));
-    let out = esm_checkpoint(&["set", "--sequence", "12ab"], &config);
+    let out = checkpoint(&["set", "--sequence", "12ab"], &config);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a sequence number"));
 }

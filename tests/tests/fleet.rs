@@ -4,8 +4,8 @@
 //! instance out, and read children only after their parents, whoever finished them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use esm_e2e::fleet::*;
@@ -131,25 +131,6 @@ fn owned_by<'a>(rows: &'a BTreeMap<String, LeaseRow>, name: &str) -> BTreeSet<&'
         .collect()
 }
 
-fn esm_checkpoint(args: &[&str], config: &Path) -> Output {
-    Command::new(bin_path("esm"))
-        .arg("checkpoint")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .args(["--mapping", MAPPING])
-        .output()
-        .expect("run esm checkpoint")
-}
-
-fn esm_status(config: &Path) -> Output {
-    Command::new(bin_path("esm"))
-        .args(["status", "--config"])
-        .arg(config)
-        .output()
-        .expect("run esm status")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn three_instances_split_eight_shards_3_3_2_and_hand_over_on_shutdown() {
     let client = kinesis().await;
@@ -233,7 +214,11 @@ async fn three_instances_split_eight_shards_3_3_2_and_hand_over_on_shutdown() {
     // back to the trim horizon and its records are delivered again.
     let (rewound, _) = later.iter().next().unwrap();
     let before = deliveries(&[&a, &b, &c]);
-    let out = esm_checkpoint(&["set", "--shard", rewound, "--trim-horizon"], &a.config);
+    let out = esm_checkpoint(
+        MAPPING,
+        &["set", "--shard", rewound, "--trim-horizon"],
+        &a.config,
+    );
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "esm checkpoint set: {out:?}");
     assert!(

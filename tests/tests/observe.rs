@@ -3,7 +3,6 @@
 //! checkpoint, and the server bound to loopback.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use esm_e2e::observe::{add_server, http_get, metric, scrape, server_addr, Sample};
@@ -336,15 +335,6 @@ async fn esm_status_says_why_it_has_nothing_to_show() {
         "{stderr}"
     );
     drop(store);
-}
-
-/// Runs `esm status --config CONFIG`.
-fn esm_status(config: &std::path::Path) -> std::process::Output {
-    Command::new(bin_path("esm"))
-        .args(["status", "--config"])
-        .arg(config)
-        .output()
-        .expect("run esm status")
 }
 
 #[tokio::test(flavor = "multi_thread")]

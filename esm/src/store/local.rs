@@ -99,40 +99,24 @@ impl LocalStore {
             .map_err(|e| StoreError::Backend(format!("corrupt checkpoint {key:?}: {e}")))
     }
 
-    fn create_blocking(
+    /// Writes `shard`'s row; with `keep`, an existing row stays as it is.
+    fn write_blocking(
         &self,
         mapping: &str,
         shard: &str,
         state: &ShardCheckpoint,
+        keep: bool,
     ) -> Result<(), StoreError> {
         let value = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
         let key = key(mapping, shard);
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut table = txn.open_table(CHECKPOINTS).map_err(backend)?;
-            if table.get(key.as_str()).map_err(backend)?.is_none() {
+            if !(keep && table.get(key.as_str()).map_err(backend)?.is_some()) {
                 table
                     .insert(key.as_str(), value.as_slice())
                     .map_err(backend)?;
             }
-        }
-        txn.commit().map_err(backend)
-    }
-
-    fn save_blocking(
-        &self,
-        mapping: &str,
-        shard: &str,
-        state: &ShardCheckpoint,
-    ) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let key = key(mapping, shard);
-        let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut table = txn.open_table(CHECKPOINTS).map_err(backend)?;
-            table
-                .insert(key.as_str(), value.as_slice())
-                .map_err(backend)?;
         }
         txn.commit().map_err(backend)
     }
@@ -166,11 +150,7 @@ impl LocalStore {
         if current.owner.as_deref() != Some(lease.owner.as_str())
             || current.counter != lease.counter
         {
-            return Err(StoreError::LeaseLost {
-                mapping: mapping.to_string(),
-                shard: shard.to_string(),
-                holder: current.owner.clone().unwrap_or_else(|| "nobody".into()),
-            });
+            return Err(lost(mapping, shard, current));
         }
         Ok(change(current))
     }
@@ -181,6 +161,15 @@ impl LocalStore {
             .get(&key(mapping, shard))
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+/// A failed lease condition: the lease is `current` now.
+fn lost(mapping: &str, shard: &str, current: &LeaseState) -> StoreError {
+    StoreError::LeaseLost {
+        mapping: mapping.to_string(),
+        shard: shard.to_string(),
+        holder: current.owner.clone().unwrap_or_else(|| "nobody".into()),
     }
 }
 
@@ -223,7 +212,7 @@ impl CheckpointStore for LocalStore {
             shard.to_string(),
             state.clone(),
         );
-        blocking(move || this.create_blocking(&mapping, &shard, &state)).boxed()
+        blocking(move || this.write_blocking(&mapping, &shard, &state, true)).boxed()
     }
 
     fn take<'a>(
@@ -238,11 +227,7 @@ impl CheckpointStore for LocalStore {
                 let mut leases = self.leases.lock().unwrap_or_else(|e| e.into_inner());
                 let current = leases.entry(key(mapping, shard)).or_default();
                 if current != expected {
-                    return Err(StoreError::LeaseLost {
-                        mapping: mapping.to_string(),
-                        shard: shard.to_string(),
-                        holder: current.owner.clone().unwrap_or_else(|| "nobody".into()),
-                    });
+                    return Err(lost(mapping, shard, current));
                 }
                 current.owner = Some(owner.to_string());
                 current.counter += 1;
@@ -301,7 +286,7 @@ impl CheckpointStore for LocalStore {
         );
         async move {
             checked?;
-            blocking(move || this.save_blocking(&mapping, &shard, &state)).await
+            blocking(move || this.write_blocking(&mapping, &shard, &state, false)).await
         }
         .boxed()
     }
