@@ -48,7 +48,7 @@ pub struct Holdings {
 /// The mapping's side of its lease keeper.
 pub struct LeaseKeeper {
     holdings: watch::Receiver<Arc<Holdings>>,
-    readable: watch::Sender<BTreeSet<String>>,
+    readable: watch::Sender<Option<BTreeSet<String>>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -64,7 +64,7 @@ impl LeaseKeeper {
         metrics: Arc<MappingMetrics>,
     ) -> Self {
         let (holdings_tx, holdings) = watch::channel(Arc::new(Holdings::default()));
-        let (readable, readable_rx) = watch::channel(BTreeSet::new());
+        let (readable, readable_rx) = watch::channel(None);
         let wake = Arc::new(Notify::new());
         let stop = CancellationToken::new();
         let keeper = Keeper {
@@ -101,8 +101,8 @@ impl LeaseKeeper {
     /// finished): only these are claimed. Starts a round at once when it changed.
     pub fn set_readable(&self, shards: BTreeSet<String>) {
         if self.readable.send_if_modified(|current| {
-            let changed = *current != shards;
-            *current = shards;
+            let changed = current.as_ref() != Some(&shards);
+            *current = Some(shards);
             changed
         }) {
             self.wake.notify_one();
@@ -137,7 +137,8 @@ struct Keeper {
     renewed: HashMap<String, Instant>,
     rows: BTreeMap<String, StoredShard>,
     settled: bool,
-    readable: watch::Receiver<BTreeSet<String>>,
+    /// `None` until the mapping has listed its shards.
+    readable: watch::Receiver<Option<BTreeSet<String>>>,
     out: watch::Sender<Arc<Holdings>>,
 }
 
@@ -161,8 +162,9 @@ impl Keeper {
             Ok(rows) => {
                 self.rows = rows;
                 self.check_held().await;
-                self.claim().await;
-                self.settled = true;
+                // Settled once a round has planned with the listed shards: what
+                // this instance holds is known (`/readyz` waits for it).
+                self.settled = self.claim().await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the lease table; holding what is held")
@@ -241,12 +243,15 @@ impl Keeper {
         }
     }
 
-    /// Claims what the plan says.
-    async fn claim(&mut self) {
+    /// Claims what the plan says; false when the mapping has not listed its shards
+    /// yet (nothing to plan with).
+    async fn claim(&mut self) -> bool {
         let now = Instant::now();
         self.watch
             .observe(self.rows.iter().map(|(s, r)| (s.as_str(), &r.lease)), now);
-        let readable = self.readable.borrow().clone();
+        let Some(readable) = self.readable.borrow().clone() else {
+            return false;
+        };
         let active: BTreeMap<String, LeaseState> = self
             .rows
             .iter()
@@ -289,6 +294,7 @@ impl Keeper {
                 Err(e) => tracing::warn!(shard = %claim.shard, error = %e, "cannot claim a lease"),
             }
         }
+        true
     }
 
     fn lost(&mut self, shard: &str, why: &str) {
