@@ -1,7 +1,8 @@
 //! In-process core overhead: records per second through the batcher and the event
 //! encoder, through the whole shard state machine (lanes, failure rules, checkpoint
 //! tracker; invocations and checkpoint writes answered at once), and through an
-//! in-process no-op handler (which deserializes the event as a real handler does),
+//! in-process no-op handler (handed its event built from the records, and, for
+//! comparison, as JSON that it deserializes as a handler on Lambda does),
 //! with no network; and through event filtering (`FilterCriteria::keeps`), which runs
 //! once per record before batching; and through KPL de-aggregation
 //! (`core::kpl::expand_into`: checksum, protobuf, one record per user record). Run
@@ -23,7 +24,7 @@ use esm::core::kpl::{aggregate, expand_into, Expansion, UserRecord};
 use esm::core::partition::LaneRouter;
 use esm::core::record::{Position, Record, SequenceNumber};
 use esm::core::shard::{Effect, Env, Input, Page, ShardMachine, ShardSettings};
-use esm::invoke::{Invocation, Invoker, Outcome, Registry};
+use esm::invoke::{BatchEvent, Invocation, Invoker, Outcome, Payload, Registry};
 use handler_sdk::events::KinesisEvent;
 use handler_sdk::{service_fn, Error, LambdaEvent};
 
@@ -67,7 +68,7 @@ fn batch_and_encode(input: &[Record], batch_size: usize) -> (Duration, usize, us
         batcher.push(r.clone(), ordinal, now);
         if batcher.pending_len() >= batch_size {
             while let Some(batch) = batcher.next_batch(now, false) {
-                batcher.encoder().encode(&batch.records, &mut buf);
+                batcher.encoder().encode(batch.records.iter(), &mut buf);
                 bytes += buf.len();
                 batches += 1;
                 black_box(&buf);
@@ -75,16 +76,17 @@ fn batch_and_encode(input: &[Record], batch_size: usize) -> (Duration, usize, us
         }
     }
     while let Some(batch) = batcher.next_batch(now, true) {
-        batcher.encoder().encode(&batch.records, &mut buf);
+        batcher.encoder().encode(batch.records.iter(), &mut buf);
         bytes += buf.len();
         batches += 1;
     }
     (started.elapsed(), batches, bytes)
 }
 
-/// The whole in-process path: batch, encode, invoke a no-op handler that
-/// deserializes the event.
-async fn through_handler(input: &[Record], batch_size: usize) -> (Duration, usize) {
+/// The whole in-process path: batch, then invoke a no-op handler of `KinesisEvent`,
+/// handed the event built from the records (`json` false) or the event's JSON, which
+/// it deserializes as a handler on Lambda does (`json` true).
+async fn through_handler(input: &[Record], batch_size: usize, json: bool) -> (Duration, usize) {
     async fn noop(event: LambdaEvent<KinesisEvent>) -> Result<usize, Error> {
         Ok(event.payload.records.len())
     }
@@ -104,11 +106,21 @@ async fn through_handler(input: &[Record], batch_size: usize) -> (Duration, usiz
         let Some(batch) = batcher.next_batch(now, true) else {
             break;
         };
-        let mut buf = Vec::with_capacity(batch.event_len);
-        batcher.encoder().encode(&batch.records, &mut buf);
+        let event = BatchEvent::new(
+            batcher.encoder().clone(),
+            batch.records.clone(),
+            0..batch.len(),
+            None,
+            Some(batch.event_len),
+        );
+        let payload = if json {
+            Payload::Json(event.to_json())
+        } else {
+            Payload::Batch(event)
+        };
         let outcome = invoker
             .invoke(Invocation {
-                payload: Bytes::from(buf),
+                payload,
                 request_id: "bench".into(),
                 function_arn: "arn:aws:lambda:us-east-1:000000000000:function:noop".into(),
                 timeout: Duration::from_secs(60),
@@ -165,11 +177,11 @@ fn through_machine(input: &[Record], batch_size: usize, lanes: usize) -> (Durati
             match effect {
                 Effect::Invoke(request) => {
                     invoked += request.records;
-                    black_box(&request.payload);
+                    black_box(&request.event);
                     answers.push(Input::Invoked {
                         lane: request.lane,
                         outcome: Outcome::Returned {
-                            response: Bytes::new(),
+                            response: Bytes::new().into(),
                         },
                     });
                 }
@@ -312,16 +324,18 @@ fn main() {
                     count as f64 / elapsed.as_secs_f64(),
                 );
             }
-            let (elapsed, handled) = (0..3)
-                .map(|_| runtime.block_on(through_handler(&input, batch_size)))
-                .min_by_key(|r| r.0)
-                .unwrap_or_else(|| unreachable!());
-            assert_eq!(handled, count);
-            println!(
-                "through handler  records={count:>7} size={size:>6}B batch_size={batch_size:>5}: {:>10.0} records/s ({:.1} µs per invocation)",
-                count as f64 / elapsed.as_secs_f64(),
-                elapsed.as_secs_f64() * 1e6 / count.div_ceil(batch_size) as f64,
-            );
+            for (json, path) in [(false, "typed"), (true, "JSON ")] {
+                let (elapsed, handled) = (0..3)
+                    .map(|_| runtime.block_on(through_handler(&input, batch_size, json)))
+                    .min_by_key(|r| r.0)
+                    .unwrap_or_else(|| unreachable!());
+                assert_eq!(handled, count);
+                println!(
+                    "through handler  records={count:>7} size={size:>6}B batch_size={batch_size:>5} {path}: {:>10.0} records/s ({:.1} µs per invocation)",
+                    count as f64 / elapsed.as_secs_f64(),
+                    elapsed.as_secs_f64() * 1e6 / count.div_ceil(batch_size) as f64,
+                );
+            }
         }
     }
 }

@@ -114,6 +114,7 @@ pub use tower::Service;
 /// The Lambda event and response types for Kinesis, re-exported from
 /// `aws_lambda_events` so handlers and esm agree on one version.
 pub mod events {
+    pub use aws_lambda_events::encodings::{Base64Data, SecondTimestamp};
     pub use aws_lambda_events::event::kinesis::{
         KinesisEncryptionType, KinesisEvent, KinesisEventRecord, KinesisRecord,
         KinesisTimeWindowEvent, KinesisTimeWindowEventResponse,

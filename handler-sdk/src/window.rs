@@ -100,6 +100,17 @@ pub struct KinesisWindowEvent<S = Map<String, Value>> {
     pub is_window_terminated_early: bool,
 }
 
+/// Reads a window's `state` JSON (the value of the event's `state` field) into `S`, as
+/// [`KinesisWindowEvent`] reads it: `null` or `{}` is `S::default()`, anything else is
+/// deserialized into `S`. esm uses it to hand an in-process handler its event without
+/// writing the rest of it as JSON.
+pub fn read_state<S: DeserializeOwned + Default>(json: &[u8]) -> Result<S, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let state = state_or_default(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(state)
+}
+
 /// An absent, `null` or empty state is `S::default()`; other state is read into `S`.
 fn state_or_default<'de, D, S>(deserializer: D) -> Result<S, D::Error>
 where

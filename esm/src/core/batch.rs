@@ -20,6 +20,7 @@
 //! with it instead of stalling the shard.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::event::{EventEncoder, MAX_EVENT_BYTES};
@@ -50,8 +51,8 @@ impl BatchLimits {
 /// Records handed to the function in one invocation, oldest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    /// The records, in shard order.
-    pub records: Vec<Record>,
+    /// The records, in shard order (shared with the invocations' events, not copied).
+    pub records: Arc<[Record]>,
     /// Each record's arrival ordinal in its shard (the checkpoint tracker's key), in
     /// step with `records`.
     pub ordinals: Vec<u64>,
@@ -196,18 +197,22 @@ impl Batcher {
         if !(full || window_closed || flush) {
             return None;
         }
-        let mut batch = Batch {
-            records: Vec::with_capacity(count),
-            ordinals: Vec::with_capacity(count),
-            event_len,
-            memory: 0,
-            window: self.pending.front().map_or(0, |p| p.window),
-        };
+        let window = self.pending.front().map_or(0, |p| p.window);
+        let mut records = Vec::with_capacity(count);
+        let mut ordinals = Vec::with_capacity(count);
+        let mut memory = 0;
         for pending in self.pending.drain(..count) {
-            batch.memory += pending.record.memory_size();
-            batch.records.push(pending.record);
-            batch.ordinals.push(pending.ordinal);
+            memory += pending.record.memory_size();
+            records.push(pending.record);
+            ordinals.push(pending.ordinal);
         }
+        let batch = Batch {
+            records: records.into(),
+            ordinals,
+            event_len,
+            memory,
+            window,
+        };
         self.pending_memory -= batch.memory;
         self.window_opened = if self.pending.is_empty() {
             None
@@ -379,13 +384,13 @@ mod tests {
                             Some(batch) => {
                                 prop_assert!(!batch.is_empty());
                                 prop_assert!(batch.len() <= max_records);
-                                prop_assert_eq!(batch.event_len, enc.event_len(&batch.records));
+                                prop_assert_eq!(batch.event_len, enc.event_len(batch.records.iter()));
                                 prop_assert_eq!(batch.memory, batch.records.iter().map(Record::memory_size).sum::<usize>());
                                 prop_assert_eq!(batch.ordinals.len(), batch.len());
                                 prop_assert!(batch.event_len <= max_event_bytes || batch.len() == 1);
                                 let full = batch.len() == max_records || batch.len() < was_pending;
                                 prop_assert!(full || flush || wake.is_some_and(|w| now >= w));
-                                out.extend(batch.records);
+                                out.extend(batch.records.iter().cloned());
                             }
                             None => {
                                 prop_assert!(!flush || was_pending == 0);
@@ -395,7 +400,7 @@ mod tests {
                     }
                 }
             }
-            while let Some(batch) = b.next_batch(now, true) { out.extend(batch.records); }
+            while let Some(batch) = b.next_batch(now, true) { out.extend(batch.records.iter().cloned()); }
             prop_assert_eq!(out.len() as u64, pushed);
             for (i, r) in out.iter().enumerate() {
                 prop_assert_eq!(r, &record(i as u64, r.data.len()));

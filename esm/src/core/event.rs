@@ -10,8 +10,12 @@
 //! without writing it, so the batcher can honour the 6 MB cap before any byte is
 //! written; a property test holds the two together.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use bytes::Bytes;
 
 use super::record::Record;
 use super::window::WindowBounds;
@@ -41,21 +45,29 @@ pub struct EventSource {
 }
 
 /// The fields a tumbling window adds to an event, after `Records`.
-#[derive(Clone, Copy, Debug)]
-pub struct WindowFields<'a> {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WindowFields {
     /// The window.
     pub bounds: WindowBounds,
     /// The state, compact JSON (an object).
-    pub state: &'a [u8],
+    pub state: Bytes,
     /// `isFinalInvokeForWindow`.
     pub is_final: bool,
     /// `isWindowTerminatedEarly`.
     pub terminated_early: bool,
 }
 
-/// Writes Lambda Kinesis events for one shard.
+/// Writes Lambda Kinesis events for one shard. Cloning it is cheap (one `Arc`).
 #[derive(Clone, Debug)]
 pub struct EventEncoder {
+    prepared: Arc<Prepared>,
+}
+
+/// The per-shard parts of every event, escaped once.
+#[derive(Debug)]
+struct Prepared {
+    /// The shard's constants, as given.
+    source: EventSource,
     /// `shardId:` escaped, the start of each `eventID`.
     event_id_prefix: Vec<u8>,
     /// Everything after the `eventID` value up to the end of the record object.
@@ -86,14 +98,22 @@ impl EventEncoder {
         write_escaped(&mut window_ids, &source.stream_arn);
         window_ids.push(b'"');
         Self {
-            event_id_prefix,
-            record_tail,
-            window_ids,
+            prepared: Arc::new(Prepared {
+                source: source.clone(),
+                event_id_prefix,
+                record_tail,
+                window_ids,
+            }),
         }
     }
 
+    /// The shard's constants the events carry.
+    pub fn source(&self) -> &EventSource {
+        &self.prepared.source
+    }
+
     /// The bytes a tumbling window's fields add to an event.
-    pub fn window_fields_len(&self, fields: &WindowFields<'_>) -> usize {
+    pub fn window_fields_len(&self, fields: &WindowFields) -> usize {
         let mut out = Vec::new();
         self.write_window_fields(fields, &mut out);
         out.len()
@@ -105,7 +125,7 @@ impl EventEncoder {
     pub fn encode_windowed<'a>(
         &self,
         records: impl IntoIterator<Item = &'a Record>,
-        fields: &WindowFields<'_>,
+        fields: &WindowFields,
         out: &mut Vec<u8>,
     ) {
         self.encode(records, out);
@@ -116,7 +136,7 @@ impl EventEncoder {
     }
 
     /// `,"window":{…},"state":…,"shardId":…,…,"isWindowTerminatedEarly":…`
-    fn write_window_fields(&self, fields: &WindowFields<'_>, out: &mut Vec<u8>) {
+    fn write_window_fields(&self, fields: &WindowFields, out: &mut Vec<u8>) {
         let time = |t: &chrono::DateTime<chrono::Utc>| {
             t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
         };
@@ -125,8 +145,8 @@ impl EventEncoder {
         out.extend_from_slice(br#"","end":""#);
         out.extend_from_slice(time(&fields.bounds.end).as_bytes());
         out.extend_from_slice(br#""},"state":"#);
-        out.extend_from_slice(fields.state);
-        out.extend_from_slice(&self.window_ids);
+        out.extend_from_slice(&fields.state);
+        out.extend_from_slice(&self.prepared.window_ids);
         out.extend_from_slice(br#","isFinalInvokeForWindow":"#);
         out.extend_from_slice(json_bool(fields.is_final));
         out.extend_from_slice(br#","isWindowTerminatedEarly":"#);
@@ -151,9 +171,9 @@ impl EventEncoder {
             + AFTER_DATA.len()
             + timestamp_len(record.approximate_arrival.timestamp_millis())
             + AFTER_TS.len()
-            + self.event_id_prefix.len()
+            + self.prepared.event_id_prefix.len()
             + seq
-            + self.record_tail.len()
+            + self.prepared.record_tail.len()
     }
 
     /// The exact size of the event for `records`.
@@ -202,9 +222,101 @@ impl EventEncoder {
         out.extend_from_slice(AFTER_DATA);
         write_timestamp(out, record.approximate_arrival.timestamp_millis());
         out.extend_from_slice(AFTER_TS);
-        out.extend_from_slice(&self.event_id_prefix);
+        out.extend_from_slice(&self.prepared.event_id_prefix);
         out.extend_from_slice(seq);
-        out.extend_from_slice(&self.record_tail);
+        out.extend_from_slice(&self.prepared.record_tail);
+    }
+}
+
+/// One invocation's event, not yet written: the records and, in a tumbling window,
+/// the window's fields.
+///
+/// An invoker that needs bytes (the Runtime API, a handler that reads JSON) writes it
+/// with [`BatchEvent::to_json`]; an in-process handler that takes Lambda's event type
+/// is handed a value built straight from [`BatchEvent::records`], and no JSON is
+/// written at all. Either way [`BatchEvent::len`] is the exact size of the JSON, which
+/// is what the 6 MB cap and the memory budget count.
+#[derive(Clone, Debug)]
+pub struct BatchEvent {
+    encoder: EventEncoder,
+    /// The batch's records (shared with the lane, not copied).
+    batch: Arc<[Record]>,
+    /// This invocation's part of the batch.
+    range: Range<usize>,
+    window: Option<WindowFields>,
+    len: usize,
+}
+
+impl BatchEvent {
+    /// The event for `batch[range]`, with a tumbling window's fields. `records_len`
+    /// is the exact size of the event for those records without the window's fields,
+    /// when the caller knows it already ([`EventEncoder::event_len`]); otherwise it is
+    /// computed.
+    pub fn new(
+        encoder: EventEncoder,
+        batch: Arc<[Record]>,
+        range: Range<usize>,
+        window: Option<WindowFields>,
+        records_len: Option<usize>,
+    ) -> Self {
+        let records_len = records_len.unwrap_or_else(|| encoder.event_len(&batch[range.clone()]));
+        let len = records_len
+            + window
+                .as_ref()
+                .map_or(0, |fields| encoder.window_fields_len(fields));
+        Self {
+            encoder,
+            batch,
+            range,
+            window,
+            len,
+        }
+    }
+
+    /// The event of `records` (no window), for callers that hold them in a `Vec`.
+    pub fn of_records(encoder: EventEncoder, records: Vec<Record>) -> Self {
+        let range = 0..records.len();
+        Self::new(encoder, records.into(), range, None, None)
+    }
+
+    /// The exact size of the event's JSON.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the event has no records.
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// The records, in shard order.
+    pub fn records(&self) -> &[Record] {
+        &self.batch[self.range.clone()]
+    }
+
+    /// The tumbling window's fields, if the mapping has windows.
+    pub fn window(&self) -> Option<&WindowFields> {
+        self.window.as_ref()
+    }
+
+    /// The shard's constants (stream ARN, region, identity, shard id).
+    pub fn source(&self) -> &EventSource {
+        self.encoder.source()
+    }
+
+    /// Writes the event's JSON into `out` (cleared first), exactly as Lambda does.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match &self.window {
+            Some(fields) => self.encoder.encode_windowed(self.records(), fields, out),
+            None => self.encoder.encode(self.records(), out),
+        }
+    }
+
+    /// The event's JSON, exactly as Lambda sends it.
+    pub fn to_json(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.len);
+        self.write_json(&mut out);
+        Bytes::from(out)
     }
 }
 
@@ -282,16 +394,15 @@ fn escaped_len(s: &str) -> usize {
         .sum()
 }
 
+/// Records and a shard for tests of the event, written here once.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
     use crate::core::record::{Position, SequenceNumber};
-    use bytes::Bytes;
     use chrono::{TimeZone, Utc};
-    use handler_sdk::events::KinesisEvent;
     use proptest::prelude::*;
 
-    fn source() -> EventSource {
+    pub(crate) fn source() -> EventSource {
         EventSource {
             stream_arn: "arn:aws:kinesis:us-east-1:000000000000:stream/orders".into(),
             region: "us-east-1".into(),
@@ -300,7 +411,7 @@ mod tests {
         }
     }
 
-    fn record(seq: &str, key: &str, data: &[u8], millis: i64) -> Record {
+    pub(crate) fn record(seq: &str, key: &str, data: &[u8], millis: i64) -> Record {
         Record {
             position: Position::plain(SequenceNumber::parse(seq).unwrap()),
             partition_key: key.into(),
@@ -309,6 +420,25 @@ mod tests {
             approximate_arrival: Utc.timestamp_millis_opt(millis).unwrap(),
         }
     }
+
+    pub(crate) fn arb_record() -> impl Strategy<Value = Record> {
+        (
+            "[1-9][0-9]{0,60}",
+            "\\PC{1,40}|[\\x00-\\x1f\"\\\\a-z]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..300),
+            0i64..5_000_000_000_000i64,
+        )
+            .prop_map(|(seq, key, data, millis)| record(&seq, &key, &data, millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
+    use chrono::TimeZone;
+    use handler_sdk::events::KinesisEvent;
+    use proptest::prelude::*;
 
     #[test]
     fn encode_record_is_the_records_object_of_the_event() {
@@ -356,16 +486,6 @@ mod tests {
         assert_eq!(out.len(), EventEncoder::empty_event_len());
     }
 
-    fn arb_record() -> impl Strategy<Value = Record> {
-        (
-            "[1-9][0-9]{0,60}",
-            "\\PC{1,40}|[\\x00-\\x1f\"\\\\a-z]{1,20}",
-            proptest::collection::vec(any::<u8>(), 0..300),
-            0i64..5_000_000_000_000i64,
-        )
-            .prop_map(|(seq, key, data, millis)| record(&seq, &key, &data, millis))
-    }
-
     proptest! {
         #[test]
         fn length_is_exact_and_handlers_read_it_back(records in proptest::collection::vec(arb_record(), 0..8)) {
@@ -409,7 +529,7 @@ mod tests {
                 .unwrap()
                 .window_of(chrono::Utc.timestamp_opt(start, 0).unwrap());
             let state = serde_json::to_vec(&serde_json::json!({ "k": value })).unwrap();
-            let fields = WindowFields { bounds, state: &state, is_final, terminated_early };
+            let fields = WindowFields { bounds, state: Bytes::from(state), is_final, terminated_early };
             let mut out = Vec::new();
             enc.encode_windowed(&records, &fields, &mut out);
             prop_assert_eq!(out.len(), enc.event_len(&records) + enc.window_fields_len(&fields));

@@ -24,13 +24,12 @@ use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::backoff::Backoff;
 use super::batch::Batch;
 use super::record::Record;
-use super::response::{batch_item_failures, Verdict};
+use super::response::{verdict, Response, Verdict};
 
 /// How an invocation ended, as the invoker reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,8 +37,8 @@ pub enum Outcome {
     /// The function returned this response body. Without `ReportBatchItemFailures`
     /// the body is ignored and the batch is done.
     Returned {
-        /// The response body, as the function serialized it.
-        response: Bytes,
+        /// The response: its body, or an in-process handler's value.
+        response: Response,
     },
     /// The function returned an error (Lambda's `functionError: "Unhandled"`).
     FunctionError {
@@ -273,7 +272,7 @@ pub fn judge(outcome: &Outcome, report_item_failures: bool, records: &[Record]) 
             Judged::new(InvocationOutcome::Throttled, all),
         ),
         Outcome::Returned { response } if report_item_failures => {
-            match batch_item_failures(response, records) {
+            match verdict(response, records) {
                 Verdict::Success => (Fate::Succeeded, Judged::new(InvocationOutcome::Ok, 0)),
                 Verdict::FailedFrom { first, named } => (
                     failed(first, LastFailure::ItemFailures),

@@ -13,9 +13,44 @@
 //! so a retry starts at the aggregate's first user record in the batch and none is
 //! skipped (siblings that had succeeded run again).
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::record::Record;
+
+/// What a function answered, as the invoker got it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The body, as the function serialized it.
+    Body(Bytes),
+    /// What an in-process handler returned, read from its value without JSON: the
+    /// `itemIdentifier` of each `batchItemFailures` item (`None` for a missing or
+    /// null one), or `None` for no list at all. Judged exactly as the JSON of that
+    /// value would be.
+    Items(Option<Vec<Option<String>>>),
+}
+
+impl From<Bytes> for Response {
+    fn from(body: Bytes) -> Self {
+        Self::Body(body)
+    }
+}
+
+impl From<&'static str> for Response {
+    fn from(body: &'static str) -> Self {
+        Self::Body(Bytes::from_static(body.as_bytes()))
+    }
+}
+
+impl Response {
+    /// The body, when the function's answer came as JSON.
+    pub fn body(&self) -> Option<&Bytes> {
+        match self {
+            Self::Body(body) => Some(body),
+            Self::Items(_) => None,
+        }
+    }
+}
 
 /// The verdict on a batch from a response body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +68,22 @@ pub enum Verdict {
     },
     /// The whole batch failed; the reason is for the log line.
     Failed(String),
+}
+
+/// Reads `response` against `records` (the records of the invocation, in order).
+pub fn verdict(response: &Response, records: &[Record]) -> Verdict {
+    match response {
+        Response::Body(body) => batch_item_failures(body, records),
+        Response::Items(None) => Verdict::Success,
+        Response::Items(Some(items)) => named_records(
+            items.iter().map(|id| match id.as_deref() {
+                Some("") => Err("an itemIdentifier is empty".to_owned()),
+                Some(id) => Ok(id),
+                None => Err("a batchItemFailures item has no itemIdentifier".to_owned()),
+            }),
+            records,
+        ),
+    }
 }
 
 /// Reads `body` against `records` (the records of the invocation, in order).
@@ -63,22 +114,34 @@ pub fn batch_item_failures(body: &[u8], records: &[Record]) -> Verdict {
             ))
         }
     };
-    // Indices of the named records, in the order named (the list is short: at most
-    // the batch).
-    let mut named: Vec<usize> = Vec::with_capacity(items.len());
-    for item in items {
-        let id = match item.get("itemIdentifier") {
-            Some(Value::String(s)) if !s.is_empty() => s.as_str(),
-            Some(Value::String(_)) => return Verdict::Failed("an itemIdentifier is empty".into()),
+    named_records(
+        items.iter().map(|item| match item.get("itemIdentifier") {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.as_str()),
+            Some(Value::String(_)) => Err("an itemIdentifier is empty".to_owned()),
             None | Some(Value::Null) => {
-                return Verdict::Failed("a batchItemFailures item has no itemIdentifier".into())
+                Err("a batchItemFailures item has no itemIdentifier".to_owned())
             }
-            Some(other) => {
-                return Verdict::Failed(format!(
-                    "an itemIdentifier is {}, not a string",
-                    kind(other)
-                ))
-            }
+            Some(other) => Err(format!(
+                "an itemIdentifier is {}, not a string",
+                kind(other)
+            )),
+        }),
+        records,
+    )
+}
+
+/// The verdict from the `itemIdentifier`s of `batchItemFailures`, in the order named
+/// (each already checked to be a non-empty string, or the reason it is not).
+fn named_records<'a>(
+    ids: impl ExactSizeIterator<Item = Result<&'a str, String>>,
+    records: &[Record],
+) -> Verdict {
+    // Indices of the named records (the list is short: at most the batch).
+    let mut named: Vec<usize> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let id = match id {
+            Ok(id) => id,
+            Err(reason) => return Verdict::Failed(reason),
         };
         match records.iter().position(|r| r.sequence().as_str() == id) {
             Some(i) => named.push(i),

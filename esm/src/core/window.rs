@@ -114,6 +114,9 @@ impl WindowClock {
     }
 }
 
+/// Why a windowed response without a `state` fails its invocation.
+pub const NO_STATE: &str = "the response has no state (a tumbling window needs one)";
+
 /// The `state` of a windowed invocation's response, as compact JSON bytes; `Err` with
 /// what is wrong when the response has no `state` object (a failed invocation).
 pub fn read_state(body: &[u8]) -> Result<Bytes, String> {
@@ -127,7 +130,7 @@ pub fn read_state(body: &[u8]) -> Result<Bytes, String> {
             "the response's state is {}, not a JSON object",
             kind(other)
         )),
-        None => Err("the response has no state (a tumbling window needs one)".to_owned()),
+        None => Err(NO_STATE.to_owned()),
     }
 }
 

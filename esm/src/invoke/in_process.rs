@@ -1,9 +1,13 @@
 //! Handlers linked into the esm process, registered by name.
 //!
 //! A handler is the same `tower::Service<LambdaEvent<E>>` that `lambda_runtime` runs on
-//! AWS Lambda. esm serializes the event exactly as Lambda does and the handler's side
-//! deserializes it into `E`, so an in-process handler sees byte-for-byte what it would
-//! see on Lambda, and the response goes back through JSON as it would there.
+//! AWS Lambda. A handler of Lambda's Kinesis event type ([`KinesisEvent`], or a
+//! [`KinesisWindowEvent`] registered with [`Registry::window_handler`]) gets its event
+//! built straight from the records, and a response of a known type is read straight
+//! from its value ([`typed`](super::typed)): the value equals what it would read from
+//! Lambda's JSON, without the cost of writing and parsing it. A handler of any other
+//! event type gets the JSON, serialized exactly as Lambda does and deserialized into
+//! `E`, and its response goes back through JSON as it would on Lambda.
 //!
 //! Each invocation runs in its own task: a panic is reported as a crash, and an
 //! invocation that passes its timeout is cancelled and reported as a timeout.
@@ -13,19 +17,21 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
+use handler_sdk::events::KinesisEvent;
+use handler_sdk::window::KinesisWindowEvent;
 use handler_sdk::{Context, Diagnostic, LambdaEvent};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tower::{Service, ServiceExt as _};
 
-use super::{Invocation, Invoker, Outcome};
+use super::typed;
+use super::{Invocation, Invoker, Outcome, Payload, Response};
 
-/// A handler with its types erased: event bytes in, response bytes out.
+/// A handler with its types erased: an event in, a response out.
 type ErasedHandler =
-    Arc<dyn Fn(Bytes, Context) -> BoxFuture<'static, Result<Bytes, Diagnostic>> + Send + Sync>;
+    Arc<dyn Fn(Payload, Context) -> BoxFuture<'static, Result<Response, Diagnostic>> + Send + Sync>;
 
 /// The in-process handlers of this binary, by the name a mapping's `function` uses.
 #[derive(Clone, Default)]
@@ -49,7 +55,9 @@ impl Registry {
     ///
     /// `service` is cloned for each invocation, so shards run concurrently; handlers
     /// made with `service_fn` from a function or a closure over `Arc`s clone cheaply.
-    pub fn handler<S, E, R>(mut self, name: impl Into<String>, service: S) -> Self
+    /// When `E` is [`KinesisEvent`] the event is built without JSON; any other `E` is
+    /// deserialized from the event's JSON.
+    pub fn handler<S, E, R>(self, name: impl Into<String>, service: S) -> Self
     where
         S: Service<LambdaEvent<E>, Response = R> + Clone + Send + Sync + 'static,
         S::Future: Future<Output = Result<R, S::Error>> + Send + 'static,
@@ -57,19 +65,75 @@ impl Registry {
         E: DeserializeOwned + Send + 'static,
         R: Serialize + Send + 'static,
     {
-        let erased: ErasedHandler = Arc::new(move |payload: Bytes, context: Context| {
+        self.register(name, service, |payload: &Payload| {
+            let mut event: Option<E> = None;
+            if let Payload::Batch(batch) = payload {
+                typed::put_as::<E, KinesisEvent>(&mut event, || typed::kinesis_event(batch));
+            }
+            event.map(Ok)
+        })
+    }
+
+    /// Registers a tumbling-window handler under `name`: one that takes a
+    /// [`KinesisWindowEvent<St>`], with the window's state read into `St`. Its event is
+    /// built without JSON (only the state is read from its JSON); registered with
+    /// [`handler`](Self::handler) instead, it would get the same event through JSON.
+    pub fn window_handler<S, St, R>(self, name: impl Into<String>, service: S) -> Self
+    where
+        S: Service<LambdaEvent<KinesisWindowEvent<St>>, Response = R>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Future<Output = Result<R, S::Error>> + Send + 'static,
+        S::Error: Into<Diagnostic> + Send,
+        St: DeserializeOwned + Default + Send + 'static,
+        R: Serialize + Send + 'static,
+    {
+        self.register(name, service, |payload: &Payload| match payload {
+            Payload::Batch(batch) => typed::window_event::<St>(batch),
+            Payload::Json(_) => None,
+        })
+    }
+
+    /// Registers `service`, whose events come from `typed_event` when it can build one
+    /// (`None`: read the event's JSON instead).
+    fn register<S, E, R>(
+        mut self,
+        name: impl Into<String>,
+        service: S,
+        typed_event: fn(&Payload) -> Option<Result<E, serde_json::Error>>,
+    ) -> Self
+    where
+        S: Service<LambdaEvent<E>, Response = R> + Clone + Send + Sync + 'static,
+        S::Future: Future<Output = Result<R, S::Error>> + Send + 'static,
+        S::Error: Into<Diagnostic> + Send,
+        E: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+    {
+        let erased: ErasedHandler = Arc::new(move |payload: Payload, context: Context| {
             let service = service.clone();
             async move {
-                let event: E = serde_json::from_slice(&payload).map_err(|e| Diagnostic {
+                let event = match typed_event(&payload) {
+                    Some(event) => event,
+                    None => serde_json::from_slice::<E>(&payload.to_json()),
+                }
+                .map_err(|e| Diagnostic {
                     error_type: "Runtime.DeserializeError".into(),
                     error_message: e.to_string(),
                 })?;
+                drop(payload);
                 let response = service
                     .oneshot(LambdaEvent::new(event, context))
                     .await
                     .map_err(Into::into)?;
-                serde_json::to_vec(&response)
-                    .map(Bytes::from)
+                let mut slot = Some(response);
+                if let Some(response) = typed::response(&mut slot) {
+                    return Ok(response);
+                }
+                // `Some(response)` serializes exactly as `response`.
+                serde_json::to_vec(&slot)
+                    .map(|body| Response::Body(body.into()))
                     .map_err(|e| Diagnostic {
                         error_type: "Runtime.SerializeError".into(),
                         error_message: e.to_string(),
@@ -152,7 +216,7 @@ mod tests {
 
     fn invocation(timeout: Duration) -> Invocation {
         Invocation {
-            payload: Bytes::from_static(br#"{"Records":[]}"#),
+            payload: Payload::Json(bytes::Bytes::from_static(br#"{"Records":[]}"#)),
             request_id: "req-1".into(),
             function_arn: "arn:aws:lambda:us-east-1:000000000000:function:f".into(),
             timeout,
@@ -184,7 +248,9 @@ mod tests {
         let run = |name: &str, timeout| registry.invoker(name).unwrap().invoke(invocation(timeout));
 
         match run("ok", Duration::from_secs(5)).await {
-            Outcome::Returned { response } => assert_eq!(&response[..], br#"{"id":"req-1","n":0}"#),
+            Outcome::Returned { response } => {
+                assert_eq!(response, Response::from(r#"{"id":"req-1","n":0}"#))
+            }
             other => panic!("{other:?}"),
         }
         match run("fails", Duration::from_secs(5)).await {

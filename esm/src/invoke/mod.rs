@@ -9,21 +9,65 @@
 
 pub mod in_process;
 pub mod runtime_api;
+pub mod typed;
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
+pub use crate::core::event::BatchEvent;
 pub use crate::core::failure::Outcome;
+pub use crate::core::response::Response;
 pub use in_process::Registry;
 pub use runtime_api::{RuntimeApiInvoker, WorkerSettings};
+
+/// An invocation's event.
+#[derive(Clone, Debug)]
+pub enum Payload {
+    /// A batch of records, written as Lambda's JSON only by an invoker that needs the
+    /// bytes ([`Payload::to_json`]); an in-process handler of Lambda's event type gets
+    /// a value built from the records instead.
+    Batch(BatchEvent),
+    /// An event already written (a payload kept by an S3 on-failure destination, and
+    /// replayed exactly as stored).
+    Json(Bytes),
+}
+
+impl Payload {
+    /// The event's JSON, exactly as Lambda sends it (written now for a batch).
+    pub fn to_json(&self) -> Bytes {
+        match self {
+            Self::Batch(event) => event.to_json(),
+            Self::Json(bytes) => bytes.clone(),
+        }
+    }
+
+    /// The exact size of the event's JSON.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Batch(event) => event.len(),
+            Self::Json(bytes) => bytes.len(),
+        }
+    }
+
+    /// Whether the event's JSON is empty (never, for an event esm writes).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Self {
+        Self::Json(bytes)
+    }
+}
 
 /// One invocation request.
 #[derive(Clone, Debug)]
 pub struct Invocation {
-    /// The event, serialized exactly as Lambda does.
-    pub payload: Bytes,
+    /// The event.
+    pub payload: Payload,
     /// A fresh request id (a UUID), as `Lambda-Runtime-Aws-Request-Id`.
     pub request_id: String,
     /// `arn:aws:lambda:REGION:ACCOUNT:function:NAME`.

@@ -7,7 +7,6 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use serde_json::Value;
 
 use crate::core::event::EventEncoder;
@@ -15,7 +14,7 @@ use crate::core::failure::{judge, Fate, LastFailure};
 use crate::core::kpl::{self, Expansion};
 use crate::core::on_failure::SavedPayload;
 use crate::core::record::{Record, SequenceNumber};
-use crate::invoke::{Invocation, Invoker, Outcome};
+use crate::invoke::{BatchEvent, Invocation, Invoker, Outcome, Payload};
 use crate::metrics::MappingMetrics;
 use crate::runner::MappingSpec;
 use crate::source::polling::{PollingConfig, PollingReader};
@@ -241,13 +240,14 @@ impl Sink {
                 let (payload, owned);
                 let invoked: &[Record] = match records {
                     Records::Read(records) => {
-                        let mut event = Vec::with_capacity(encoder.event_len(records));
-                        encoder.encode(records, &mut event);
-                        payload = Bytes::from(event);
+                        payload = Payload::Batch(BatchEvent::of_records(
+                            encoder.clone(),
+                            records.to_vec(),
+                        ));
                         records
                     }
                     Records::Saved(saved) => {
-                        payload = saved.event.clone();
+                        payload = Payload::Json(saved.event.clone());
                         owned = saved
                             .records
                             .iter()
@@ -315,6 +315,7 @@ fn judged(outcome: &Outcome, report_item_failures: bool, records: &[Record]) -> 
 mod tests {
     use super::*;
     use crate::core::record::Position;
+    use bytes::Bytes;
 
     const RECORD: &str = r#"{"requestContext":{"condition":"RetryAttemptsExhausted"},"KinesisBatchInfo":{"shardId":"shardId-000000000000","startSequenceNumber":"100","endSequenceNumber":"109","batchSize":10,"streamArn":"arn:aws:kinesis:us-east-1:000000000000:stream/s"}}"#;
 
@@ -381,7 +382,7 @@ mod tests {
             })
             .collect();
         let returned = |body: &'static str| Outcome::Returned {
-            response: Bytes::from_static(body.as_bytes()),
+            response: Bytes::from_static(body.as_bytes()).into(),
         };
         assert_eq!(judged(&returned("{}"), true, &records), Ok(()));
         assert_eq!(

@@ -29,7 +29,7 @@ use crate::core::shard::{
     ShardSettings, MAX_PAGE_MEMORY,
 };
 use crate::destination::GivenUp;
-use crate::invoke::{Invocation, Outcome};
+use crate::invoke::{Invocation, Outcome, Payload};
 use crate::metrics::ShardGauges;
 use crate::source::fanout::{FanOutConfig, FanOutReader};
 use crate::source::polling::{PollingConfig, PollingReader, MAX_GET_RECORDS_LIMIT};
@@ -260,7 +260,7 @@ impl ShardRunner {
         tracing::debug!(
             lane = request.lane,
             records = request.records,
-            bytes = request.payload.len(),
+            bytes = request.event.len(),
             first = %notes::display(request.first.as_ref()),
             last = %notes::display(request.last.as_ref()),
             attempt = request.attempt,
@@ -268,7 +268,7 @@ impl ShardRunner {
         );
         let lane = request.lane;
         let call = self.ctx.invoker.invoke(Invocation {
-            payload: request.payload,
+            payload: Payload::Batch(request.event),
             request_id: request.request_id,
             function_arn: spec.function_arn.clone(),
             timeout: spec.timeout,

@@ -1,9 +1,10 @@
 //! The handler registered in esm's in-process registry, as `esm-partial-failures`
-//! registers it: the event goes in as Lambda's bytes, the response comes back as JSON.
+//! registers it: the event goes in as Lambda's bytes, and esm reads the
+//! `BatchItemFailures` the handler returns straight from its value.
 
 use std::time::{Duration, SystemTime};
 
-use esm::invoke::{Invocation, Invoker as _, Outcome};
+use esm::invoke::{Invocation, Invoker as _, Outcome, Payload, Response};
 use handler_sdk::service_fn;
 
 /// Two records in Lambda's format; the second's data is `{"id":2,"type":"poison"}`.
@@ -21,7 +22,7 @@ async fn esm_gets_the_batch_item_failures_back() {
     let timeout = Duration::from_secs(5);
     let outcome = invoker
         .invoke(Invocation {
-            payload: bytes::Bytes::from_static(EVENT.as_bytes()),
+            payload: Payload::Json(bytes::Bytes::from_static(EVENT.as_bytes())),
             request_id: "req-1".into(),
             function_arn: "arn:aws:lambda:us-east-1:000000000000:function:partial-failures".into(),
             timeout,
@@ -30,8 +31,10 @@ async fn esm_gets_the_batch_item_failures_back() {
         .await;
     match outcome {
         Outcome::Returned { response } => assert_eq!(
-            std::str::from_utf8(&response).expect("UTF-8"),
-            r#"{"batchItemFailures":[{"itemIdentifier":"49590338271490256608559692538361571095921575989136588802"}]}"#
+            response,
+            Response::Items(Some(vec![Some(
+                "49590338271490256608559692538361571095921575989136588802".to_owned()
+            )]))
         ),
         other => panic!("expected a response, got {other:?}"),
     }

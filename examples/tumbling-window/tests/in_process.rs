@@ -3,11 +3,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use esm::invoke::{Invocation, Invoker as _, Outcome};
+use esm::invoke::{Invocation, Invoker as _, Outcome, Payload};
 use handler_sdk::service_fn;
 
 async fn invoke(event: &'static str) -> Outcome {
-    let registry = esm::Registry::new().handler(
+    let registry = esm::Registry::new().window_handler(
         "tumbling-window",
         service_fn(tumbling_window_handler::handle),
     );
@@ -17,7 +17,7 @@ async fn invoke(event: &'static str) -> Outcome {
     let timeout = Duration::from_secs(5);
     invoker
         .invoke(Invocation {
-            payload: bytes::Bytes::from_static(event.as_bytes()),
+            payload: Payload::Json(bytes::Bytes::from_static(event.as_bytes())),
             request_id: "req-1".into(),
             function_arn: "arn:aws:lambda:us-east-1:000000000000:function:tumbling-window".into(),
             timeout,
@@ -28,7 +28,9 @@ async fn invoke(event: &'static str) -> Outcome {
 
 fn response(outcome: Outcome) -> String {
     match outcome {
-        Outcome::Returned { response } => String::from_utf8(response.to_vec()).expect("UTF-8"),
+        Outcome::Returned { response } => {
+            String::from_utf8(response.body().expect("a JSON body").to_vec()).expect("UTF-8")
+        }
         other => panic!("expected a response, got {other:?}"),
     }
 }

@@ -54,7 +54,7 @@ async fn measure(
                 let t = Instant::now();
                 let outcome = invoker
                     .invoke(Invocation {
-                        payload: payload.clone(),
+                        payload: esm::invoke::Payload::Json(payload.clone()),
                         request_id: format!("bench-{c}-{i}"),
                         function_arn: "arn:aws:lambda:us-east-1:000000000000:function:noop".into(),
                         timeout: Duration::from_secs(30),

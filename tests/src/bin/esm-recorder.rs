@@ -275,7 +275,7 @@ fn main() -> std::process::ExitCode {
     esm::cli::main(
         esm::Registry::new()
             .handler("recorder", Recorder { inner: handler })
-            .handler("windows", window_recorder(delay)),
+            .window_handler("windows", window_recorder(delay)),
     )
 }
 

@@ -36,7 +36,7 @@ fn error() -> Outcome {
 
 fn ok() -> Outcome {
     Outcome::Returned {
-        response: Bytes::new(),
+        response: Bytes::new().into(),
     }
 }
 
@@ -46,7 +46,7 @@ fn failures(b: &Batch, indexes: &[usize]) -> Outcome {
         .map(|&i| format!(r#"{{"itemIdentifier":"{}"}}"#, b.records[i].sequence()))
         .collect();
     Outcome::Returned {
-        response: Bytes::from(format!(r#"{{"batchItemFailures":[{}]}}"#, items.join(","))),
+        response: Bytes::from(format!(r#"{{"batchItemFailures":[{}]}}"#, items.join(","))).into(),
     }
 }
 
@@ -172,7 +172,7 @@ fn a_malformed_response_fails_the_whole_batch() {
         ..FailureRules::default()
     };
     let (settled, _) = run(&rules, &batch(3, 999_000), |_| Outcome::Returned {
-        response: Bytes::from_static(b"nope"),
+        response: Bytes::from_static(b"nope").into(),
     });
     assert!(
         matches!(settled[..], [Action::GiveUp { ref range, last_failure: LastFailure::Unhandled, .. }] if *range == (0..3))
@@ -210,7 +210,7 @@ fn each_invocation_is_judged_with_the_records_it_counts_as_failed() {
     // A response esm cannot read fails every record, and says why.
     assert_eq!(
         judged(&items, |_| Outcome::Returned {
-            response: Bytes::from_static(b"{\"batchItemFailures\": 7}"),
+            response: Bytes::from_static(b"{\"batchItemFailures\": 7}").into(),
         }),
         (O::PartialFailure, 6, true)
     );
@@ -255,9 +255,11 @@ fn expired_records_are_given_up_uninvoked_and_the_rest_invoked() {
     };
     // Records 0..3 arrived 70 s before now (plus i ms), the rest 10 s before.
     let mut b = batch(5, 1_000_000 - 70_000);
-    for r in &mut b.records[3..] {
+    let mut records = b.records.to_vec();
+    for r in &mut records[3..] {
         r.approximate_arrival = Utc.timestamp_millis_opt(1_000_000 - 10_000).unwrap();
     }
+    b.records = records.into();
     let (settled, invoked) = run(&rules, &b, |_| ok());
     assert_eq!(invoked, vec![3..5]);
     assert_eq!(

@@ -27,12 +27,12 @@ use serde::Serialize;
 use super::tracker::{CheckpointTracker, Settled};
 use super::{DeliveryRequest, Effect, Env, InvokeRequest, Note, ShardSettings};
 use crate::core::batch::{Batch, Batcher};
-use crate::core::event::WindowFields;
+use crate::core::event::{BatchEvent, WindowFields};
 use crate::core::failure::{
     Action, BatchProgress, Condition, InvocationOutcome, LastFailure, Outcome,
 };
 use crate::core::record::{Position, Record};
-use crate::core::response::{batch_item_failures, Verdict};
+use crate::core::response::{verdict, Response, Verdict};
 use crate::core::window::{self, WindowBounds, WindowClock, EMPTY_STATE, MAX_STATE_BYTES};
 
 /// What a lane may do in one step, as the shard decides it.
@@ -435,14 +435,14 @@ impl Lane {
             (Some(open), Some(key)) if open.bounds.key() == key => {
                 ctx.settings.encoder.window_fields_len(&WindowFields {
                     bounds: open.bounds,
-                    state: &open.state,
+                    state: open.state.clone(),
                     is_final: false,
                     terminated_early: false,
                 })
             }
             (_, Some(key)) => ctx.settings.encoder.window_fields_len(&WindowFields {
                 bounds: tumbling.window_at(key),
-                state: EMPTY_STATE,
+                state: Bytes::from_static(EMPTY_STATE),
                 is_final: false,
                 terminated_early: false,
             }),
@@ -489,12 +489,12 @@ impl Lane {
     }
 
     /// The window fields of an invocation of `range` of the work's batch.
-    fn window_fields<'a>(&'a self, work: &Work, range: &Range<usize>) -> Option<WindowFields<'a>> {
+    fn window_fields(&self, work: &Work, range: &Range<usize>) -> Option<WindowFields> {
         let open = self.window.as_ref()?;
         let last = range.end == work.batch.len();
         Some(WindowFields {
             bounds: open.bounds,
-            state: &open.state,
+            state: open.state.clone(),
             is_final: work.closes_window && last,
             terminated_early: work.ends_window_early && last,
         })
@@ -505,20 +505,24 @@ impl Lane {
         let Some(work) = self.work.as_ref() else {
             return;
         };
-        let records = &work.batch.records[range.clone()];
-        let encoder = &ctx.settings.encoder;
-        let mut payload = Vec::with_capacity(work.batch.event_len);
-        match self.window_fields(work, &range) {
-            Some(fields) => encoder.encode_windowed(records, &fields, &mut payload),
-            None => encoder.encode(records, &mut payload),
-        }
-        let event_len = payload.len();
-        let (first, last) = span(records);
+        // The batcher counted the whole batch's event (for a window, with an estimate
+        // of its fields); a part's (after a bisection) and a window's are counted again.
+        let window = self.window_fields(work, &range);
+        let known = range == (0..work.batch.len()) && window.is_none();
+        let event = BatchEvent::new(
+            ctx.settings.encoder.clone(),
+            work.batch.records.clone(),
+            range.clone(),
+            window,
+            known.then_some(work.batch.event_len),
+        );
+        let event_len = event.len();
+        let (first, last) = span(event.records());
         ctx.effects.push(Effect::Invoke(InvokeRequest {
             lane: self.index,
             request_id: ctx.env.request_id(),
-            payload: Bytes::from(payload),
-            records: records.len(),
+            records: event.records().len(),
+            event,
             first,
             last,
             attempt: work.progress.attempt() + 1,
@@ -676,11 +680,15 @@ impl Lane {
 /// records before the first failure, which are done, and the rest is retried with it.
 fn take_state(
     open: &mut OpenWindow,
-    response: &Bytes,
+    response: &Response,
     records: &[Record],
     ctx: &Ctx<'_>,
 ) -> Option<Outcome> {
-    let state = match window::read_state(response) {
+    let read = match response.body() {
+        Some(body) => window::read_state(body),
+        None => Err(window::NO_STATE.to_owned()),
+    };
+    let state = match read {
         Ok(state) => state,
         Err(message) => {
             return Some(Outcome::FunctionError {
@@ -690,7 +698,7 @@ fn take_state(
         }
     };
     if ctx.settings.rules.report_item_failures
-        && matches!(batch_item_failures(response, records), Verdict::Failed(_))
+        && matches!(verdict(response, records), Verdict::Failed(_))
     {
         return None;
     }

@@ -49,7 +49,6 @@ mod tests;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -59,7 +58,7 @@ pub use tracker::{CheckpointTracker, Settled, SettledCounts};
 use super::backoff::Backoff;
 use super::batch::{BatchLimits, Batcher};
 use super::checkpoint::{ShardCheckpoint, StartAt};
-use super::event::EventEncoder;
+use super::event::{BatchEvent, EventEncoder};
 use super::failure::{Condition, FailureRules, Judged, LastFailure, Outcome};
 use super::filter::FilterCriteria;
 use super::kpl::{self, DeaggregationError, Expansion, KPL_MAGIC};
@@ -265,8 +264,8 @@ pub struct InvokeRequest {
     pub lane: usize,
     /// A fresh request id.
     pub request_id: String,
-    /// The event, exactly as Lambda sends it.
-    pub payload: Bytes,
+    /// The event, written as Lambda's JSON only by an invoker that needs the bytes.
+    pub event: BatchEvent,
     /// How many records it holds.
     pub records: usize,
     /// Its first record.

@@ -154,11 +154,10 @@ impl Sim {
                         self.saving.is_none(),
                         "an invocation started while a checkpoint write was in flight"
                     );
-                    self.invoked
-                        .push((request.lane, records_of(&request.payload)));
-                    self.events
-                        .push(serde_json::from_slice(&request.payload).unwrap());
-                    self.payloads.push(request.payload.clone());
+                    let payload = request.event.to_json();
+                    self.invoked.push((request.lane, records_of(&payload)));
+                    self.events.push(serde_json::from_slice(&payload).unwrap());
+                    self.payloads.push(payload);
                     let previous = self.invoking.insert(request.lane, request);
                     assert!(previous.is_none(), "two invocations in one lane");
                 }
@@ -223,7 +222,7 @@ impl Sim {
 
 fn ok() -> Outcome {
     Outcome::Returned {
-        response: Bytes::new(),
+        response: Bytes::new().into(),
     }
 }
 
@@ -714,7 +713,7 @@ proptest! {
             if sim.saving.is_some() {
                 sim.save_ok();
             } else if let Some((&lane, request)) = sim.invoking.iter().next() {
-                let records = records_of(&request.payload);
+                let records = records_of(&request.event.to_json());
                 let r = match replies[replies_used % replies.len()] {
                     // A function that can never be invoked is retried forever (no
                     // retry is consumed): let it come back eventually.
@@ -734,7 +733,7 @@ proptest! {
                     Reply::NotInvoked => Outcome::NotInvoked { reason: "busy".into() },
                     Reply::ItemFailure(f) => {
                         let i = usize::from(f) * records.len() / 100;
-                        Outcome::Returned { response: Bytes::from(format!(r#"{{"batchItemFailures":[{{"itemIdentifier":"{}"}}]}}"#, records[i].0)) }
+                        Outcome::Returned { response: Bytes::from(format!(r#"{{"batchItemFailures":[{{"itemIdentifier":"{}"}}]}}"#, records[i].0)).into() }
                     }
                 };
                 sim.answer(lane, outcome);
@@ -833,7 +832,8 @@ fn partial_failures_count_the_records_named() {
                 .map(|n| format!(r#"{{"itemIdentifier":"{}"}}"#, seq(*n)))
                 .collect::<Vec<_>>()
                 .join(",")
-        )),
+        ))
+        .into(),
     };
     sim.answer(0, named(&[3, 1]));
     sim.save_ok();
@@ -841,7 +841,7 @@ fn partial_failures_count_the_records_named() {
     sim.answer(
         0,
         Outcome::Returned {
-            response: Bytes::from_static(b"not json"),
+            response: Bytes::from_static(b"not json").into(),
         },
     );
     sim.wake();

@@ -182,7 +182,12 @@ async fn response(session: &Session, request_id: &str, body: Incoming) -> Respon
     }
     match read_body(body).await {
         Ok(response) => {
-            if session.complete(request_id, Outcome::Returned { response }) {
+            if session.complete(
+                request_id,
+                Outcome::Returned {
+                    response: response.into(),
+                },
+            ) {
                 accepted()
             } else {
                 invalid_request_id(request_id, "response")

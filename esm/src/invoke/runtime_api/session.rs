@@ -139,7 +139,7 @@ impl Session {
                     });
                     self.changed.notify_one();
                     return Ok(Assigned {
-                        payload: job.invocation.payload,
+                        payload: job.invocation.payload.to_json(),
                         request_id: job.invocation.request_id,
                         function_arn: job.invocation.function_arn,
                         deadline: now + timeout,

@@ -83,7 +83,7 @@ impl Harness {
     /// Starts an invocation of `payload` with request id `id`.
     fn invoke(&self, id: &str, payload: &'static [u8]) -> JoinHandle<Outcome> {
         let invocation = Invocation {
-            payload: Bytes::from_static(payload),
+            payload: Bytes::from_static(payload).into(),
             request_id: id.into(),
             function_arn: ARN.into(),
             timeout: self.timeout,
@@ -255,7 +255,7 @@ async fn a_response_reaches_the_caller_with_lambdas_headers_on_loopback() {
     assert_eq!(
         outcome(invocation).await,
         Outcome::Returned {
-            response: Bytes::from_static(br#"{"ok":true}"#)
+            response: Bytes::from_static(br#"{"ok":true}"#).into()
         }
     );
 

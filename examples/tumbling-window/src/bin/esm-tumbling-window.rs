@@ -3,7 +3,7 @@
 use handler_sdk::service_fn;
 
 fn main() -> std::process::ExitCode {
-    esm::cli::main(esm::Registry::new().handler(
+    esm::cli::main(esm::Registry::new().window_handler(
         "tumbling-window",
         service_fn(tumbling_window_handler::handle),
     ))

@@ -144,7 +144,7 @@ fn a_filtered_record_of_a_later_window_ends_the_open_window() {
     sim.answer(
         0,
         Outcome::Returned {
-            response: Bytes::from_static(br#"{"state":{"n":1}}"#),
+            response: Bytes::from_static(br#"{"state":{"n":1}}"#).into(),
         },
     );
     let mut later = of_kind(1, "k", "click");

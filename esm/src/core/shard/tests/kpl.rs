@@ -57,7 +57,8 @@ fn failing(record: u64) -> Outcome {
         response: Bytes::from(format!(
             r#"{{"batchItemFailures":[{{"itemIdentifier":"{}"}}]}}"#,
             seq(record)
-        )),
+        ))
+        .into(),
     }
 }
 

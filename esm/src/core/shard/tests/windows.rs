@@ -32,7 +32,7 @@ fn page_at(records: Vec<Record>, issued_ms: i64, behind: i64) -> Page {
 
 fn with_state(state: Value) -> Outcome {
     Outcome::Returned {
-        response: Bytes::from(serde_json::to_vec(&json!({ "state": state })).unwrap()),
+        response: Bytes::from(serde_json::to_vec(&json!({ "state": state })).unwrap()).into(),
     }
 }
 
@@ -213,7 +213,7 @@ fn a_response_without_state_is_a_failure_retried_with_the_same_state() {
     sim.answer(
         0,
         Outcome::Returned {
-            response: Bytes::from_static(br#"{"batchItemFailures": []}"#),
+            response: Bytes::from_static(br#"{"batchItemFailures": []}"#).into(),
         },
     );
     assert!(matches!(
@@ -255,7 +255,8 @@ fn with_item_failures_the_state_returned_goes_on_with_the_retried_records() {
                     "batchItemFailures": [{"itemIdentifier": failed}]
                 }))
                 .unwrap(),
-            ),
+            )
+            .into(),
         },
     );
     sim.wake();
@@ -425,7 +426,7 @@ proptest! {
                 continue;
             }
             if let Some(request) = sim.invoking.get(&0) {
-                let event: Value = serde_json::from_slice(&request.payload).unwrap();
+                let event: Value = serde_json::from_slice(&request.event.to_json()).unwrap();
                 let start = window_start(&event);
                 let nums = numbers(&event);
                 // One window per batch.
@@ -450,7 +451,7 @@ proptest! {
                         }
                         sim.answer(0, with_state(json!({"n": n})));
                     }
-                    WindowReply::NoState => sim.answer(0, Outcome::Returned { response: Bytes::from_static(b"{}") }),
+                    WindowReply::NoState => sim.answer(0, Outcome::Returned { response: Bytes::from_static(b"{}").into() }),
                     WindowReply::Error => sim.answer(0, error()),
                 }
                 continue;
