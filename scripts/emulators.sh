@@ -210,7 +210,7 @@ start_kinesis() {
 			UPDATE_SHARD_COUNT_DURATION=200ms \
 			SPLIT_SHARD_DURATION=200ms \
 			MERGE_SHARDS_DURATION=200ms \
-			SHARD_LIMIT=1000 \
+			SHARD_LIMIT=10000 \
 			LOG_LEVEL=WARN \
 			setsid node --require "$KINESIS_LOOPBACK_PRELOAD" main.js
 	) </dev/null >"$KINESIS_LOG" 2>&1 &

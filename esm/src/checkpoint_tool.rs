@@ -45,7 +45,7 @@ async fn open_store(
     config: &Config,
 ) -> Result<(Box<dyn CheckpointStore>, String), CheckpointError> {
     let path = match &config.store {
-        StoreConfig::Local { path } => path,
+        StoreConfig::Local { path, .. } => path,
         StoreConfig::DynamoDb { table, region, .. } => {
             let region = crate::store::dynamodb::table_region(config, region.as_deref());
             let store = DynamoStore::open(table, &region, false)

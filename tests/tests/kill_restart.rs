@@ -1,5 +1,6 @@
 //! SIGKILL mid-stream, then restart on the same state: nothing is lost, and the only
-//! records delivered twice are, per shard, the batch that was in flight at the kill.
+//! records delivered twice are, per shard, the last one or two batches before the kill
+//! (the one whose checkpoint was being written and the one started meanwhile).
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -33,7 +34,7 @@ fn assert_strictly_increasing(run: &str, shard: &str, seqs: &[String]) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kill_redelivers_at_most_the_batch_in_flight_per_shard() {
+async fn a_kill_redelivers_at_most_the_batches_not_yet_durable_per_shard() {
     let client = kinesis().await;
     let stream = TestStream::create(&client, "kill", 3).await;
     let put = put_records(&client, &stream, 0, RECORDS, 100, 64).await;
@@ -111,31 +112,42 @@ async fn a_kill_redelivers_at_most_the_batch_in_flight_per_shard() {
             "shard {shard}: run 2 is not a suffix of the shard"
         );
 
-        // The records seen twice: at most the last batch of run 1 (the one in flight
-        // at the kill), delivered again first by run 2.
+        // The records seen twice: at most the last two batches of run 1 (the one whose
+        // checkpoint was being written at the kill, and the one started meanwhile),
+        // delivered again first by run 2. That is the bound the README states.
         let in_run2: HashSet<&String> = s2.iter().collect();
-        let in_both: Vec<&String> = s1.iter().filter(|s| in_run2.contains(s)).collect();
+        let in_both: Vec<&str> = s1
+            .iter()
+            .filter(|s| in_run2.contains(s))
+            .map(String::as_str)
+            .collect();
         if in_both.is_empty() {
             continue;
         }
         duplicated += in_both.len();
-        let last_batch = batches1
-            .get(shard)
-            .and_then(|b| b.last())
-            .cloned()
-            .unwrap_or_default();
+        let batches = batches1.get(shard).cloned().unwrap_or_default();
+        let tail = |k: usize| -> Vec<&str> {
+            batches[batches.len().saturating_sub(k)..]
+                .iter()
+                .flatten()
+                .map(String::as_str)
+                .collect()
+        };
         assert!(
-            in_both.len() <= BATCH_SIZE,
-            "shard {shard}: {} records delivered twice, more than one batch",
+            in_both.len() <= 2 * BATCH_SIZE,
+            "shard {shard}: {} records delivered twice, more than two batches",
             in_both.len()
         );
-        assert_eq!(
-            in_both.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-            last_batch.iter().map(String::as_str).collect::<Vec<_>>(),
-            "shard {shard}: the records delivered twice are not the last batch of run 1"
+        assert!(
+            in_both == tail(1) || in_both == tail(2),
+            "shard {shard}: the records delivered twice are not the last one or two \
+             batches of run 1"
         );
         assert_eq!(
-            s2[..in_both.len()].iter().collect::<Vec<_>>(),
+            s2[..in_both.len()]
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
             in_both,
             "shard {shard}: the records delivered twice are not the first run 2 delivered"
         );
@@ -145,7 +157,7 @@ async fn a_kill_redelivers_at_most_the_batch_in_flight_per_shard() {
         run1_seen.len()
     );
     assert!(
-        duplicated <= expected.len() * BATCH_SIZE,
+        duplicated <= expected.len() * 2 * BATCH_SIZE,
         "{duplicated} records delivered twice"
     );
 }

@@ -167,7 +167,8 @@ async fn a_kill_inside_an_aggregate_loses_no_user_record() {
         );
     }
     // Run 2 starts right after the checkpoint, inside its aggregate: every user record
-    // seen twice lies after the checkpoint (it was in flight at the kill).
+    // seen twice lies after the checkpoint (it was in flight at the kill, or its
+    // checkpoint was being written), at most two batches of them.
     let first2 = &positions[&seen2[0]];
     assert_eq!(
         (first2.0.as_str(), first2.1),
@@ -187,8 +188,8 @@ async fn a_kill_inside_an_aggregate_loses_no_user_record() {
         );
     }
     assert!(
-        twice.len() <= BATCH,
-        "{} user records seen twice",
+        twice.len() <= 2 * BATCH,
+        "{} user records seen twice: more than two batches",
         twice.len()
     );
     eprintln!(

@@ -70,6 +70,7 @@ const MIB: usize = 1024 * 1024;
 const STORE_KEYS: &[&str] = &[
     "kind",
     "path",
+    "commit_interval_ms",
     "table",
     "create_table",
     "region",
@@ -88,6 +89,9 @@ const DYNAMODB_KEYS: &[&str] = &[
 
 /// The keys `[server]` may have.
 const SERVER_KEYS: &[&str] = &["listen"];
+
+/// `[store] commit_interval_ms` when the file gives none.
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The store path when `[store]` gives none.
 const DEFAULT_STORE_PATH: &str = "./esm-state";
@@ -125,6 +129,9 @@ pub enum StoreConfig {
     Local {
         /// The store's directory.
         path: PathBuf,
+        /// `commit_interval_ms` (an esm extension, 0..=1000, default 10): one durable
+        /// commit serves every checkpoint saved within this interval.
+        commit_interval: Duration,
     },
     /// `kind = "dynamodb"`: a DynamoDB table shared by several instances
     /// (`table` required).
@@ -289,6 +296,7 @@ fn read_config(table: &Table, base_dir: &Path, sink: &mut Sink) -> Config {
 fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfig {
     let default = || StoreConfig::Local {
         path: resolve(DEFAULT_STORE_PATH, base_dir),
+        commit_interval: DEFAULT_COMMIT_INTERVAL,
     };
     let Some(store) = root.table(sink, "store", STORE_KEYS) else {
         return default();
@@ -300,6 +308,9 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
         Some("local")
     };
     let path = store.non_empty_string(sink, "path");
+    let commit_interval = store
+        .int_in(sink, "commit_interval_ms", 0..=1000)
+        .map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
     let table = store.string(sink, "table");
     let create_table = store.bool(sink, "create_table").unwrap_or(false);
     let region = store.non_empty_string(sink, "region");
@@ -326,8 +337,10 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
     };
     match kind {
         Some("dynamodb") => {
-            if store.has("path") {
-                store.problem(sink, "path", "only allowed with kind = \"local\"");
+            for key in ["path", "commit_interval_ms"] {
+                if store.has(key) {
+                    store.problem(sink, key, "only allowed with kind = \"local\"");
+                }
             }
             if !store.require(sink, "table") {
                 return default();
@@ -361,6 +374,7 @@ fn read_store(root: &Reader<'_>, base_dir: &Path, sink: &mut Sink) -> StoreConfi
             }
             StoreConfig::Local {
                 path: resolve(path.unwrap_or(DEFAULT_STORE_PATH), base_dir),
+                commit_interval,
             }
         }
         None => default(),
@@ -414,7 +428,7 @@ impl Config {
             })
             .collect();
         let store = match &self.store {
-            StoreConfig::Local { path } => format!("store local at {}", path.display()),
+            StoreConfig::Local { path, .. } => format!("store local at {}", path.display()),
             StoreConfig::DynamoDb { table, .. } => format!("store dynamodb table {table}"),
         };
         let mut line = format!(

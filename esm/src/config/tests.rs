@@ -116,7 +116,8 @@ fn spec_example_parses_to_its_values() {
     assert_eq!(
         config.store,
         StoreConfig::Local {
-            path: PathBuf::from("./esm-state")
+            path: PathBuf::from("./esm-state"),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
         }
     );
     assert_eq!(
@@ -170,7 +171,8 @@ fn minimal_fixture_gets_every_default() {
     assert_eq!(
         config.store,
         StoreConfig::Local {
-            path: PathBuf::from("./esm-state")
+            path: PathBuf::from("./esm-state"),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
         }
     );
     assert_eq!(config.server, None);
@@ -434,21 +436,24 @@ fn load_resolves_store_path_against_the_config_directory() {
     assert_eq!(
         config.store,
         StoreConfig::Local {
-            path: dir.join("state/here")
+            path: dir.join("state/here"),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
         }
     );
     std::fs::write(&file, with_root("[store]\npath = \"/var/lib/esm\"")).unwrap();
     assert_eq!(
         load(&file).unwrap().store,
         StoreConfig::Local {
-            path: PathBuf::from("/var/lib/esm")
+            path: PathBuf::from("/var/lib/esm"),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
         }
     );
     std::fs::write(&file, BASE).unwrap();
     assert_eq!(
         load(&file).unwrap().store,
         StoreConfig::Local {
-            path: dir.join("esm-state")
+            path: dir.join("esm-state"),
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
         }
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -1215,6 +1220,23 @@ fn combinations_lambda_rejects() {
     assert_eq!(
         validation_problems(&with_root("[store]\ntable = \"esm-leases\"")),
         vec!["store.table: only allowed with kind = \"dynamodb\""]
+    );
+    assert_eq!(
+        validation_problems(&with_root(
+            "[store]\nkind = \"dynamodb\"\ntable = \"esm-leases\"\ncommit_interval_ms = 5"
+        )),
+        vec!["store.commit_interval_ms: only allowed with kind = \"local\""]
+    );
+    assert_eq!(
+        validation_problems(&with_root("[store]\ncommit_interval_ms = 1001")),
+        vec!["store.commit_interval_ms: 1001 is out of range 0..=1000"]
+    );
+    assert_eq!(
+        valid(&with_root("[store]\ncommit_interval_ms = 0")).store,
+        StoreConfig::Local {
+            path: PathBuf::from("./esm-state"),
+            commit_interval: Duration::ZERO,
+        }
     );
 }
 

@@ -196,7 +196,13 @@ pub async fn open_store(
     config: &Config,
 ) -> Result<(Arc<dyn CheckpointStore>, LeaseRules), StoreError> {
     Ok(match &config.store {
-        StoreConfig::Local { path } => (Arc::new(LocalStore::open(path)?), LeaseRules::DEFAULT),
+        StoreConfig::Local {
+            path,
+            commit_interval,
+        } => (
+            Arc::new(LocalStore::open_with(path, *commit_interval)?),
+            LeaseRules::DEFAULT,
+        ),
         StoreConfig::DynamoDb {
             table,
             create_table,

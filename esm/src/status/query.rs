@@ -52,7 +52,7 @@ pub async fn query(config: &Config) -> Result<(StatusReport, Source), QueryError
         None => None,
     };
     let path = match &config.store {
-        StoreConfig::Local { path } => path,
+        StoreConfig::Local { path, .. } => path,
         StoreConfig::DynamoDb { table, region, .. } => {
             // The table is shared by the fleet: it always answers, owners included.
             let region = crate::store::dynamodb::table_region(config, region.as_deref());

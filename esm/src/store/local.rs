@@ -8,19 +8,25 @@
 //!
 //! Layout: one table, key `"<mapping>\u{1f}<shard>"`, value the JSON of a
 //! [`ShardCheckpoint`] (small, readable with any redb tool, easy to migrate).
+//!
+//! Checkpoint saves go through [`group_commit`](super::group_commit): one commit
+//! serves every save that arrived within `[store] commit_interval_ms`.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
 use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 
+use super::group_commit::GroupCommit;
 use super::{CheckpointStore, Lease, LeaseState, ShardCheckpoint, StoreError, StoredShard};
 
-const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// The one table: a checkpoint per mapping and shard.
+pub(super) const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 const KEY_SEPARATOR: char = '\u{1f}';
 
 /// The file inside `[store] path`.
@@ -29,6 +35,8 @@ pub const FILE_NAME: &str = "checkpoints.redb";
 /// Checkpoints in a local redb file.
 #[derive(Clone)]
 pub struct LocalStore {
+    /// Commits checkpoint saves in groups (dropped first: it commits what is queued).
+    committer: Arc<GroupCommit>,
     db: Arc<Database>,
     /// The leases this process handed out (the file lock makes it the only
     /// process; leases keep a runner that lost its shard, in a restart or to
@@ -43,8 +51,15 @@ impl std::fmt::Debug for LocalStore {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the store in directory `dir`.
+    /// Opens (creating if needed) the store in directory `dir`; each save is committed
+    /// as soon as the commit before it is done.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, Duration::ZERO)
+    }
+
+    /// Opens the store in `dir`, committing checkpoint saves together at most once per
+    /// `commit_interval`.
+    pub fn open_with(dir: &Path, commit_interval: Duration) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Backend(format!(
                 "cannot create store directory {}: {e}",
@@ -61,8 +76,10 @@ impl LocalStore {
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(CHECKPOINTS).map_err(backend)?;
         txn.commit().map_err(backend)?;
+        let db = Arc::new(db);
         Ok(Self {
-            db: Arc::new(db),
+            committer: Arc::new(GroupCommit::start(db.clone(), commit_interval)?),
+            db,
             leases: Arc::default(),
         })
     }
@@ -99,20 +116,19 @@ impl LocalStore {
             .map_err(|e| StoreError::Backend(format!("corrupt checkpoint {key:?}: {e}")))
     }
 
-    /// Writes `shard`'s row; with `keep`, an existing row stays as it is.
-    fn write_blocking(
+    /// Writes `shard`'s row, unless it has one already.
+    fn create_blocking(
         &self,
         mapping: &str,
         shard: &str,
         state: &ShardCheckpoint,
-        keep: bool,
     ) -> Result<(), StoreError> {
         let value = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
         let key = key(mapping, shard);
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut table = txn.open_table(CHECKPOINTS).map_err(backend)?;
-            if !(keep && table.get(key.as_str()).map_err(backend)?.is_some()) {
+            if table.get(key.as_str()).map_err(backend)?.is_none() {
                 table
                     .insert(key.as_str(), value.as_slice())
                     .map_err(backend)?;
@@ -212,7 +228,7 @@ impl CheckpointStore for LocalStore {
             shard.to_string(),
             state.clone(),
         );
-        blocking(move || this.write_blocking(&mapping, &shard, &state, true)).boxed()
+        blocking(move || this.create_blocking(&mapping, &shard, &state)).boxed()
     }
 
     fn take<'a>(
@@ -277,18 +293,14 @@ impl CheckpointStore for LocalStore {
         state: &'a ShardCheckpoint,
         lease: &'a Lease,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let checked = self.with_lease(mapping, shard, lease, |_| ());
-        let (this, mapping, shard, state) = (
-            self.clone(),
-            mapping.to_string(),
-            shard.to_string(),
-            state.clone(),
-        );
-        async move {
-            checked?;
-            blocking(move || this.write_blocking(&mapping, &shard, &state, false)).await
-        }
-        .boxed()
+        let queued = self
+            .with_lease(mapping, shard, lease, |_| ())
+            .and_then(|()| {
+                let value =
+                    serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+                Ok(self.committer.write(key(mapping, shard), value))
+            });
+        async move { queued?.await }.boxed()
     }
 }
 
@@ -348,5 +360,77 @@ mod tests {
             Err(StoreError::InUse { .. }) => {}
             other => panic!("expected InUse, got {other:?}"),
         }
+    }
+
+    /// Shards `shard-0`..`shard-{n}` of mapping `m`, recorded and leased to `me`.
+    async fn leased(store: &LocalStore, n: usize) -> Vec<(String, Lease)> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let shard = format!("shard-{i}");
+            let start = ShardCheckpoint::new(StartAt::TrimHorizon);
+            store.create("m", &shard, &start, &[]).await.unwrap();
+            let (lease, _) = store
+                .take("m", &shard, "me", &LeaseState::default())
+                .await
+                .unwrap();
+            out.push((shard, lease));
+        }
+        out
+    }
+
+    fn at(seq: usize) -> ShardCheckpoint {
+        let mut state = ShardCheckpoint::new(StartAt::TrimHorizon);
+        state.checkpoint = Some(Position::plain(
+            SequenceNumber::parse(seq.to_string()).unwrap(),
+        ));
+        state
+    }
+
+    #[tokio::test]
+    async fn saves_that_arrive_together_share_one_commit_and_each_is_durable_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        // A long interval: every save below is queued before the first commit.
+        let store = LocalStore::open_with(dir.path(), Duration::from_secs(1)).unwrap();
+        let shards = leased(&store, 100).await;
+        let before = store.committer.commits();
+        let states: Vec<_> = (1..=shards.len()).map(at).collect();
+        let saves: Vec<_> = shards
+            .iter()
+            .zip(&states)
+            .map(|((shard, lease), state)| store.save("m", shard, state, lease))
+            .collect();
+        for result in futures::future::join_all(saves).await {
+            result.unwrap();
+        }
+        assert_eq!(store.committer.commits() - before, 1);
+        let loaded = store.load("m").await.unwrap();
+        for (i, (shard, _)) in shards.iter().enumerate() {
+            assert_eq!(loaded[shard].checkpoint, at(i + 1), "{shard}");
+        }
+        // A later save of the same shard replaces the earlier one in the queue.
+        let (shard, lease) = &shards[0];
+        let (earlier, later) = (at(500), at(501));
+        let (first, second) = (
+            store.save("m", shard, &earlier, lease),
+            store.save("m", shard, &later, lease),
+        );
+        let (first, second) = futures::join!(first, second);
+        first.unwrap();
+        second.unwrap();
+        assert_eq!(store.load("m").await.unwrap()[shard].checkpoint, at(501));
+    }
+
+    #[tokio::test]
+    async fn closing_the_store_commits_what_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = LocalStore::open_with(dir.path(), Duration::from_secs(1)).unwrap();
+            let shards = leased(&store, 1).await;
+            let (shard, lease) = &shards[0];
+            // Queued, and nobody waits for it.
+            drop(store.save("m", shard, &at(7), lease));
+        }
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.load("m").await.unwrap()["shard-0"].checkpoint, at(7));
     }
 }

@@ -8,6 +8,7 @@
 //! decided in [`crate::core::lease`]; the runner's lease keeper carries it out.
 
 pub mod dynamodb;
+mod group_commit;
 pub mod local;
 
 #[cfg(test)]

@@ -42,10 +42,10 @@ pub(super) struct Ctx<'a> {
     pub env: &'a mut Env,
     pub effects: &'a mut Vec<Effect>,
     /// The checkpoint the store holds: invocations wait while the tracker is ahead
-    /// of it.
+    /// of it and of the write in flight.
     pub saved: Option<&'a Position>,
-    /// A checkpoint write is in flight.
-    pub saving: bool,
+    /// The checkpoint of the write in flight, if one is.
+    pub saving: Option<Option<&'a Position>>,
     /// How far ahead of the oldest record not done (in records read) an invocation
     /// may start.
     pub max_ahead: u64,
@@ -57,14 +57,21 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Whether an invocation may start now: the shard is running and every record done
-    /// so far is durably checkpointed (up to the lane's open window, which `hold`s the
-    /// checkpoint at its start), so a crash re-delivers only what is in flight.
+    /// so far (up to the lane's open window, which `hold`s the checkpoint at its start)
+    /// is durably checkpointed, or is in the checkpoint write in flight. A lane so runs
+    /// its next batch while the last one's checkpoint is committed, and a crash
+    /// delivers again at most two batches per lane: the one whose checkpoint was being
+    /// written and the one started meanwhile.
     fn may_invoke(&self, hold: Option<&Option<Position>>) -> bool {
         let checkpoint = match hold {
             Some(hold) => hold.as_ref(),
             None => self.tracker.checkpoint(),
         };
-        self.may_start && !self.saving && checkpoint == self.saved
+        let covered = match self.saving {
+            Some(writing) => checkpoint == writing,
+            None => checkpoint == self.saved,
+        };
+        self.may_start && covered
     }
 
     /// Whether a batch whose first record has `ordinal` is close enough to the

@@ -763,7 +763,7 @@ impl ShardMachine {
             env,
             effects,
             saved: state.saved.checkpoint.as_ref(),
-            saving: state.saving.is_some(),
+            saving: state.saving.as_ref().map(|w| w.checkpoint.as_ref()),
             max_ahead: self.settings.max_ahead(),
             may_start,
             flush,
@@ -820,7 +820,13 @@ impl ShardMachine {
         for index in 0..self.state.lanes.len() {
             self.with_lane(index, env, effects, |lane, ctx| lane.advance(ctx));
         }
-        self.save_if_due(env, effects);
+        if self.save_if_due(env, effects) {
+            // The write covers every record done: lanes may start their next batches
+            // while it is committed.
+            for index in 0..self.state.lanes.len() {
+                self.with_lane(index, env, effects, |lane, ctx| lane.advance(ctx));
+            }
+        }
         self.end_if_done();
         let checkpoint = self.checkpoint_to_save().cloned();
         let state = &mut self.state;
@@ -835,15 +841,16 @@ impl ShardMachine {
     }
 
     /// Starts a checkpoint write when the tracker is ahead of the store (one at a
-    /// time), or when a drained closed shard is ready to be marked finished.
-    fn save_if_due(&mut self, env: &Env, effects: &mut Vec<Effect>) {
+    /// time), or when a drained closed shard is ready to be marked finished. Returns
+    /// whether it started one.
+    fn save_if_due(&mut self, env: &Env, effects: &mut Vec<Effect>) -> bool {
         let checkpoint = self.checkpoint_to_save().cloned();
         let state = &mut self.state;
         if state.saving.is_some() || state.lease_lost || state.exit.is_some() {
-            return;
+            return false;
         }
         if state.save_retry_at.is_some_and(|at| at > env.now) {
-            return;
+            return false;
         }
         state.save_retry_at = None;
         let checkpoint = checkpoint.as_ref();
@@ -851,7 +858,7 @@ impl ShardMachine {
             && state.tracker.outstanding() == 0
             && state.lanes.iter().all(Lane::is_empty);
         if checkpoint == state.saved.checkpoint.as_ref() && finished == state.saved.finished {
-            return;
+            return false;
         }
         let write = ShardCheckpoint {
             start: state.saved.start.clone(),
@@ -860,6 +867,7 @@ impl ShardMachine {
         };
         state.saving = Some(write.clone());
         effects.push(Effect::Save(write));
+        true
     }
 
     /// Ends a stopping or failing shard once nothing is in flight and everything done
