@@ -32,6 +32,9 @@ use crate::source::kinesis::stream_retention;
 use crate::status::ShardPlace;
 use crate::store::{Lease, ShardCheckpoint, StartAt, StoreError};
 
+/// New shards' rows written at once when a listing finds many (a stream's first).
+const CONCURRENT_CREATES: usize = 64;
+
 /// Why a mapping stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
@@ -101,7 +104,7 @@ async fn run_inner(
         let next_discovery = match list_shards(&ctx.client, &spec.stream_arn).await {
             Ok(listed) => {
                 failures = 0;
-                let mut recorded = false;
+                let mut new_shards = Vec::new();
                 for shard in listed.shards() {
                     if !states.contains_key(&shard.id) {
                         // Shards there at the mapping's first start take its starting
@@ -117,13 +120,22 @@ async fn run_inner(
                         };
                         let state = ShardCheckpoint::new(start);
                         let parents: Vec<String> = shard.parents().map(str::to_owned).collect();
-                        ctx.store
-                            .create(&spec.name, &shard.id, &state, &parents)
-                            .await?;
-                        tracing::info!(shard = %shard.id, start = ?state.start, "new shard");
-                        states.insert(shard.id.clone(), state);
-                        recorded = true;
+                        new_shards.push((shard.id.clone(), state, parents));
                     }
+                }
+                // Recorded together (a local store commits them at once; DynamoDB
+                // takes them a few dozen at a time), so that a thousand shards start
+                // in one round trip's time rather than a thousand.
+                let recorded = !new_shards.is_empty();
+                for chunk in new_shards.chunks(CONCURRENT_CREATES) {
+                    let creates = chunk.iter().map(|(id, state, parents)| {
+                        ctx.store.create(&spec.name, id, state, parents)
+                    });
+                    futures::future::try_join_all(creates).await?;
+                }
+                for (id, state, _) in new_shards {
+                    tracing::info!(shard = %id, start = ?state.start, "new shard");
+                    states.insert(id, state);
                 }
                 first_listing = false;
                 if needs_retention && retention.is_none() {

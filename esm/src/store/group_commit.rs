@@ -11,16 +11,20 @@
 //! acknowledged survives a crash. What the interval costs is latency per save, which
 //! the shard machine hides by starting its next batch while a write is in flight.
 //!
+//! A shard's first row (`create`, written only where there is none) goes the same
+//! way, so that a process taking up a thousand shards commits their rows together.
+//!
 //! Dropping the last handle commits what is queued and waits for the thread, so the
 //! file is closed (and its lock released) when the store is gone.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::Database;
+use redb::{Database, ReadableTable as _};
 use tokio::sync::oneshot;
 
 use super::local::CHECKPOINTS;
@@ -45,13 +49,22 @@ struct Shared {
 /// Rows waiting for the next commit.
 #[derive(Default)]
 struct Queue {
-    /// The latest value per key (a later checkpoint of a shard replaces its earlier
+    /// The latest row per key (a later checkpoint of a shard replaces its earlier
     /// one: only the newest needs to be durable).
-    rows: BTreeMap<String, Vec<u8>>,
+    rows: BTreeMap<String, Row>,
     /// Who waits for those rows to be durable.
     waiters: Vec<oneshot::Sender<Result<(), String>>>,
     /// No more rows will come: commit what is queued and stop.
     closed: bool,
+}
+
+/// A row to commit.
+struct Row {
+    /// The value (a checkpoint's JSON).
+    value: Vec<u8>,
+    /// Written only if the table has no row under its key yet (a shard's first row,
+    /// which must not overwrite what an earlier run left).
+    if_absent: bool,
 }
 
 impl Shared {
@@ -92,10 +105,39 @@ impl GroupCommit {
         key: String,
         value: Vec<u8>,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.queue(key, value, false)
+    }
+
+    /// Queues `value` under `key` unless the table (or the queue) already has a row
+    /// there; the future resolves once the row is durable.
+    pub(super) fn create(
+        &self,
+        key: String,
+        value: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.queue(key, value, true)
+    }
+
+    /// Queues one row and returns the wait for its commit.
+    fn queue(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        if_absent: bool,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (done, durable) = oneshot::channel();
         {
             let mut queue = self.shared.lock();
-            queue.rows.insert(key, value);
+            let row = Row { value, if_absent };
+            match queue.rows.entry(key) {
+                Entry::Occupied(_) if if_absent => {}
+                Entry::Occupied(mut queued) => {
+                    queued.insert(row);
+                }
+                Entry::Vacant(vacant) => {
+                    vacant.insert(row);
+                }
+            }
             queue.waiters.push(done);
         }
         self.shared.wake.notify_one();
@@ -162,13 +204,21 @@ fn run(db: &Database, shared: &Shared, interval: Duration) {
 }
 
 /// Writes `rows` in one durable transaction.
-fn commit(db: &Database, rows: &BTreeMap<String, Vec<u8>>) -> Result<(), String> {
+fn commit(db: &Database, rows: &BTreeMap<String, Row>) -> Result<(), String> {
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut table = txn.open_table(CHECKPOINTS).map_err(|e| e.to_string())?;
-        for (key, value) in rows {
+        for (key, row) in rows {
+            if row.if_absent
+                && table
+                    .get(key.as_str())
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+            {
+                continue;
+            }
             table
-                .insert(key.as_str(), value.as_slice())
+                .insert(key.as_str(), row.value.as_slice())
                 .map_err(|e| e.to_string())?;
         }
     }

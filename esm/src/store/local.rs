@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt as _;
-use redb::{Database, DatabaseError, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use redb::{Database, DatabaseError, ReadableDatabase as _, TableDefinition};
 
 use super::group_commit::GroupCommit;
 use super::{CheckpointStore, Lease, LeaseState, ShardCheckpoint, StoreError, StoredShard};
@@ -115,27 +115,6 @@ impl LocalStore {
             .map(Some)
             .map_err(|e| StoreError::Backend(format!("corrupt checkpoint {key:?}: {e}")))
     }
-
-    /// Writes `shard`'s row, unless it has one already.
-    fn create_blocking(
-        &self,
-        mapping: &str,
-        shard: &str,
-        state: &ShardCheckpoint,
-    ) -> Result<(), StoreError> {
-        let value = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
-        let key = key(mapping, shard);
-        let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut table = txn.open_table(CHECKPOINTS).map_err(backend)?;
-            if table.get(key.as_str()).map_err(backend)?.is_none() {
-                table
-                    .insert(key.as_str(), value.as_slice())
-                    .map_err(backend)?;
-            }
-        }
-        txn.commit().map_err(backend)
-    }
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -222,13 +201,10 @@ impl CheckpointStore for LocalStore {
         state: &'a ShardCheckpoint,
         _parents: &'a [String],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let (this, mapping, shard, state) = (
-            self.clone(),
-            mapping.to_string(),
-            shard.to_string(),
-            state.clone(),
-        );
-        blocking(move || this.create_blocking(&mapping, &shard, &state)).boxed()
+        let queued = serde_json::to_vec(state)
+            .map_err(|e| StoreError::Backend(e.to_string()))
+            .map(|value| self.committer.create(key(mapping, shard), value));
+        async move { queued?.await }.boxed()
     }
 
     fn take<'a>(
@@ -391,7 +367,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A long interval: every save below is queued before the first commit.
         let store = LocalStore::open_with(dir.path(), Duration::from_secs(1)).unwrap();
-        let shards = leased(&store, 100).await;
+        // A shard's first row, created alone: one commit.
+        let shards = leased(&store, 1).await;
+        assert_eq!(store.committer.commits(), 1);
+        // A hundred shards' first rows created together: one commit.
+        let creates: Vec<_> = (1..100).map(|i| format!("shard-{i}")).collect();
+        let start = ShardCheckpoint::new(StartAt::TrimHorizon);
+        let created = creates
+            .iter()
+            .map(|shard| store.create("m", shard, &start, &[]));
+        for result in futures::future::join_all(created).await {
+            result.unwrap();
+        }
+        assert_eq!(store.committer.commits(), 2);
+        let mut shards = shards;
+        for shard in creates {
+            let (lease, _) = store
+                .take("m", &shard, "me", &LeaseState::default())
+                .await
+                .unwrap();
+            shards.push((shard, lease));
+        }
         let before = store.committer.commits();
         let states: Vec<_> = (1..=shards.len()).map(at).collect();
         let saves: Vec<_> = shards
@@ -418,6 +414,20 @@ mod tests {
         first.unwrap();
         second.unwrap();
         assert_eq!(store.load("m").await.unwrap()[shard].checkpoint, at(501));
+        // Creating a row that exists leaves it as it is, also when its save is queued
+        // in the same commit.
+        let (latest, later) = (ShardCheckpoint::new(StartAt::Latest), at(502));
+        let (again, save) = futures::join!(
+            store.create("m", shard, &latest, &[]),
+            store.save("m", shard, &later, lease),
+        );
+        again.unwrap();
+        save.unwrap();
+        store
+            .create("m", shard, &ShardCheckpoint::new(StartAt::Latest), &[])
+            .await
+            .unwrap();
+        assert_eq!(store.load("m").await.unwrap()[shard].checkpoint, at(502));
     }
 
     #[tokio::test]

@@ -8,8 +8,12 @@
 //!    `--drain-shards`-shard stream, read from TRIM_HORIZON by a bare reader (one task
 //!    per shard, GetRecords with `Limit` 10,000 chained without a pause while records
 //!    come back) and by esm with a no-op in-process handler at `batch_size` 100 and
-//!    1,000. Figures: records/s and CPU microseconds per record, and esm's CPU per
-//!    record over the bare reader's. The bare reader is the floor: what reading alone
+//!    1,000. Figures: records/s and CPU microseconds per record, esm's CPU per
+//!    record over the bare reader's, and the GetRecords calls each made (esm's from
+//!    its `/metrics`). The bare reader stops polling a shard once it is caught up;
+//!    esm, like Lambda, goes on polling it once a second until the last record of
+//!    the stream is seen, and paces a shard with records at
+//!    `get_records_calls_per_second`, so it makes more calls over a longer span. The bare reader is the floor: what reading alone
 //!    costs with the same SDK against the same emulator; esm's extra is its batching,
 //!    event building, invocation and checkpointing.
 //! 2. **Idle**: an empty `--idle-shards`-shard stream polled from LATEST, once a
@@ -86,6 +90,9 @@ struct Args {
     /// Run each measurement this many times and print the medians.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// esm's `[store] commit_interval_ms` (default: esm's default).
+    #[arg(long)]
+    commit_interval_ms: Option<u64>,
 }
 
 /// One of the two measurements.
@@ -132,6 +139,9 @@ enum Child {
         /// The mapping's `batch_size`.
         #[arg(long)]
         batch_size: usize,
+        /// `[store] commit_interval_ms`, if not esm's default.
+        #[arg(long)]
+        commit_interval_ms: Option<u64>,
     },
     /// The bare reader polling every shard of `stream` once a second from LATEST.
     BareIdle {
@@ -239,6 +249,7 @@ async fn drain_part(client: &Client, args: &Args, repeat: usize) -> Result<(), E
     let landed = put_spread(client, &stream, args.records, args.size).await;
     let put_time = put_started.elapsed();
     let expect = landed.to_string();
+    let interval = args.commit_interval_ms.map(|ms| ms.to_string());
 
     let names = [
         "bare GetRecords reader",
@@ -249,30 +260,31 @@ async fn drain_part(client: &Client, args: &Args, repeat: usize) -> Result<(), E
     for _ in 0..repeat {
         runs[0].push(child("bare-drain", &["--stream", &stream, "--expect", &expect]).await);
         for (i, batch) in [(1, "100"), (2, "1000")] {
-            runs[i].push(
-                child(
-                    "esm-drain",
-                    &[
-                        "--stream",
-                        &stream,
-                        "--expect",
-                        &expect,
-                        "--batch-size",
-                        batch,
-                    ],
-                )
-                .await,
-            );
+            let mut esm_args = vec![
+                "--stream",
+                &stream,
+                "--expect",
+                &expect,
+                "--batch-size",
+                batch,
+            ];
+            if let Some(interval) = &interval {
+                esm_args.extend(["--commit-interval-ms", interval]);
+            }
+            runs[i].push(child("esm-drain", &esm_args).await);
         }
     }
     delete_stream(client, &stream).await;
 
     println!(
-        "scale: drain {} x {} B on {} shards (put in {:.1} s){}",
+        "scale: drain {} x {} B on {} shards (put in {:.1} s){}{}",
         group(landed as f64),
         args.size,
         args.drain_shards,
         put_time.as_secs_f64(),
+        args.commit_interval_ms
+            .map(|ms| format!(", commit_interval_ms {ms}"))
+            .unwrap_or_default(),
         median_note(repeat)
     );
     let bare_cpu = median(&runs[0], Figures::cpu_us_per_record);
@@ -284,9 +296,10 @@ async fn drain_part(client: &Client, args: &Args, repeat: usize) -> Result<(), E
             format!(" ({:.2}x bare)", cpu / bare_cpu)
         };
         println!(
-            "  {name:<27}: {} records/s, {cpu:.1} us CPU/record{ratio}; {:.2} s, RSS {} MiB{}",
+            "  {name:<27}: {} records/s, {cpu:.1} us CPU/record{ratio}; {:.2} s, {} GetRecords calls, RSS {} MiB{}",
             group(median(figures, Figures::records_per_s)),
             median(figures, |f| f.wall_s),
+            group(median(figures, |f| f.polls as f64)),
             median(figures, |f| f.rss_kib as f64 / 1024.0).round(),
             failed_note(figures)
         );
@@ -523,7 +536,8 @@ async fn run_child(child: Child) -> Result<Figures, Error> {
             stream,
             expect,
             batch_size,
-        } => esm_drain(&stream, expect, batch_size).await,
+            commit_interval_ms,
+        } => esm_drain(&stream, expect, batch_size, commit_interval_ms).await,
         Child::BareIdle {
             stream,
             warmup_seconds,
@@ -703,34 +717,52 @@ async fn get_records(
 }
 
 /// An iterator of `shard` of the given type.
+/// Retries (every 200 ms, up to a minute) while the emulator is too busy to answer,
+/// as it is when a thousand shards are polled at once.
 async fn shard_iterator(
     client: &Client,
     stream: &str,
     shard: &str,
     kind: ShardIteratorType,
 ) -> String {
-    client
-        .get_shard_iterator()
-        .stream_name(stream)
-        .shard_id(shard)
-        .shard_iterator_type(kind)
-        .send()
-        .await
-        .expect("GetShardIterator")
-        .shard_iterator()
-        .expect("an iterator")
-        .to_string()
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard)
+            .shard_iterator_type(kind.clone())
+            .send()
+            .await;
+        match result {
+            Ok(out) => return out.shard_iterator().expect("an iterator").to_string(),
+            Err(e) if Instant::now() > deadline => panic!("GetShardIterator on {shard}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// esm's drain: a mapping from TRIM_HORIZON with `batch_size`, into a no-op handler
 /// that counts records (and touches their data) and stops esm once `expect` are seen.
-async fn esm_drain(stream: &str, expect: u64, batch_size: usize) -> Result<Figures, Error> {
+async fn esm_drain(
+    stream: &str,
+    expect: u64,
+    batch_size: usize,
+    commit_interval_ms: Option<u64>,
+) -> Result<Figures, Error> {
     esm::logging::init();
     let state = tempfile::tempdir()?;
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let interval = commit_interval_ms
+        .map(|ms| format!("commit_interval_ms = {ms}"))
+        .unwrap_or_default();
     let config = esm::config::parse(&format!(
         r#"
         [store]
         path = "{}"
+        {interval}
+        [server]
+        listen = "{listen}"
         [[mapping]]
         name = "scale"
         event_source_arn = "{}"
@@ -771,6 +803,9 @@ async fn esm_drain(stream: &str, expect: u64, batch_size: usize) -> Result<Figur
     }
     let end = seen_at.get().expect("the handler marked the end");
     let mut figures = start.figures_to(end);
+    let (polls, ok) = get_records_calls(listen).await;
+    figures.polls = polls as u64;
+    figures.failed_polls = (polls - ok) as u64;
     run.await??;
     figures.records = tally.records.load(Ordering::SeqCst);
     figures.bytes = tally.bytes.load(Ordering::SeqCst);
