@@ -47,7 +47,12 @@ event_source_arn = "{arn}"
 starting_position = "TRIM_HORIZON"
 shard_discovery_interval_seconds = 1
 {extra}
-function = "recorder"
+# Longer than Lambda's 3 s default: a test that pauses an instance (SIGSTOP) for
+# longer than that must see its in-flight invocation finish on resume and its
+# checkpoint write refused, not the invocation time out.
+[mapping.function]
+name = "recorder"
+timeout_seconds = 30
 "#,
         arn = stream_arn(stream),
     );

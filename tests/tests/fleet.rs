@@ -493,10 +493,11 @@ async fn a_paused_instance_moves_no_checkpoint_after_its_leases_are_taken() {
         .filter(|l| l.contains("lost the lease"))
         .filter_map(shard_in_line)
         .collect();
-    assert_eq!(
-        lost,
-        a_leases.keys().cloned().collect(),
-        "lost leases:\n{}",
+    // Every lease the table gave a at the pause; a may also learn only now of one
+    // b stole just before it (the table moved, a's keeper had not looked yet).
+    assert!(
+        a_leases.keys().all(|shard| lost.contains(shard)),
+        "lost leases {lost:?}, held at the pause {a_leases:?}:\n{}",
         a.log()
     );
     let after_resume = a.log()[log_at_pause..].to_string();
