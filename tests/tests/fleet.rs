@@ -525,7 +525,12 @@ async fn a_paused_instance_moves_no_checkpoint_after_its_leases_are_taken() {
         .filter(|l| l.contains("no longer holds its lease"))
         .filter_map(shard_in_line)
         .collect();
-    assert_eq!(stopped, lost, "runners stopped:\n{after_resume}");
+    // Each lost lease stopped its runner (a runner may also stop now for a lease a
+    // lost, and logged, just before the pause).
+    assert!(
+        lost.is_subset(&stopped),
+        "runners stopped {stopped:?}, leases lost {lost:?}:\n{after_resume}"
+    );
     eprintln!("the paused instance tried {refused} checkpoint writes after resuming; all refused");
     assert!(
         refused >= 1,
