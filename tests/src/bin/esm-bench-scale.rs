@@ -287,14 +287,8 @@ async fn drain_part(client: &Client, args: &Args, repeat: usize) -> Result<(), E
             .unwrap_or_default(),
         median_note(repeat)
     );
-    let bare_cpu = median(&runs[0], Figures::cpu_us_per_record);
-    for (i, (name, figures)) in names.iter().zip(&runs).enumerate() {
-        let cpu = median(figures, Figures::cpu_us_per_record);
-        let ratio = if i == 0 {
-            String::new()
-        } else {
-            format!(" ({:.2}x bare)", cpu / bare_cpu)
-        };
+    let cpus = against_bare(&runs, Figures::cpu_us_per_record);
+    for ((name, figures), (cpu, ratio)) in names.iter().zip(&runs).zip(cpus) {
         println!(
             "  {name:<27}: {} records/s, {cpu:.1} us CPU/record{ratio}; {:.2} s, {} GetRecords calls, RSS {} MiB{}",
             group(median(figures, Figures::records_per_s)),
@@ -343,14 +337,8 @@ async fn idle_part(client: &Client, args: &Args, repeat: usize) -> Result<(), Er
         args.warmup_seconds,
         median_note(repeat)
     );
-    let bare_cpu = median(&runs[0], Figures::cpu_us_per_poll);
-    for (i, (name, figures)) in names.iter().zip(&runs).enumerate() {
-        let cpu = median(figures, Figures::cpu_us_per_poll);
-        let ratio = if i == 0 {
-            String::new()
-        } else {
-            format!(" ({:.2}x bare)", cpu / bare_cpu)
-        };
+    let cpus = against_bare(&runs, Figures::cpu_us_per_poll);
+    for ((name, figures), (cpu, ratio)) in names.iter().zip(&runs).zip(cpus) {
         println!(
             "  {name:<27}: RSS {} MiB, {} polls/s, {cpu:.0} us CPU/poll{ratio}; {} polls, CPU {:.2} s{}",
             median(figures, |f| f.rss_kib as f64 / 1024.0).round(),
@@ -480,6 +468,24 @@ fn report_log(kind: &str, stderr: &str) {
     for line in lines.iter().take(5) {
         eprintln!("    {}", line.chars().take(300).collect::<String>());
     }
+}
+
+/// Each consumer's median of `value`, with its ratio to the first's (the bare
+/// reader's) as " (N.NNx bare)", empty for the first.
+fn against_bare(runs: &[Vec<Figures>], value: fn(&Figures) -> f64) -> Vec<(f64, String)> {
+    let bare = median(&runs[0], value);
+    runs.iter()
+        .enumerate()
+        .map(|(i, figures)| {
+            let own = median(figures, value);
+            let ratio = if i == 0 {
+                String::new()
+            } else {
+                format!(" ({:.2}x bare)", own / bare)
+            };
+            (own, ratio)
+        })
+        .collect()
 }
 
 /// The median of `value` over `figures`.
