@@ -85,10 +85,13 @@ pub fn window_event<S: DeserializeOwned + Default>(
 
 /// The records of an event, as `aws_lambda_events` reads them.
 fn event_records(records: &[Record], source: &EventSource) -> Option<Vec<KinesisEventRecord>> {
-    records
-        .iter()
-        .map(|record| event_record(record, source))
-        .collect()
+    // Sized up front: collecting into `Option<Vec<_>>` knows no length, and growing a
+    // vector of these large records moved them several times per batch.
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        out.push(event_record(record, source)?);
+    }
+    Some(out)
 }
 
 fn event_record(record: &Record, source: &EventSource) -> Option<KinesisEventRecord> {

@@ -126,8 +126,9 @@ impl GroupCommit {
         if_absent: bool,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let (done, durable) = oneshot::channel();
-        {
+        let was_empty = {
             let mut queue = self.shared.lock();
+            let was_empty = queue.rows.is_empty();
             let row = Row { value, if_absent };
             match queue.rows.entry(key) {
                 Entry::Occupied(_) if if_absent => {}
@@ -139,8 +140,13 @@ impl GroupCommit {
                 }
             }
             queue.waiters.push(done);
+            was_empty
+        };
+        // The writer sleeps on an empty queue until a row arrives; once it has one it
+        // waits out its interval whatever else arrives, so only the first row wakes it.
+        if was_empty {
+            self.shared.wake.notify_one();
         }
-        self.shared.wake.notify_one();
         async move {
             match durable.await {
                 Ok(result) => result.map_err(StoreError::Backend),

@@ -10,10 +10,10 @@
 //!    come back) and by esm with a no-op in-process handler at `batch_size` 100 and
 //!    1,000. Figures: records/s and CPU microseconds per record, esm's CPU per
 //!    record over the bare reader's, and the GetRecords calls each made (esm's from
-//!    its `/metrics`). The bare reader stops polling a shard once it is caught up;
-//!    esm, like Lambda, goes on polling it once a second until the last record of
-//!    the stream is seen, and paces a shard with records at
-//!    `get_records_calls_per_second`, so it makes more calls over a longer span. The bare reader is the floor: what reading alone
+//!    its `/metrics`). Both go on polling a caught-up shard once a second until the
+//!    last record of the stream is seen, as a live consumer does (esm like Lambda,
+//!    the bare reader like the KCL's default); esm also paces a shard with records
+//!    at `get_records_calls_per_second`. The bare reader is the floor: what reading alone
 //!    costs with the same SDK against the same emulator; esm's extra is its batching,
 //!    event building, invocation and checkpointing.
 //! 2. **Idle**: an empty `--idle-shards`-shard stream polled from LATEST, once a
@@ -93,6 +93,14 @@ struct Args {
     /// esm's `[store] commit_interval_ms` (default: esm's default).
     #[arg(long)]
     commit_interval_ms: Option<u64>,
+    /// Drain this existing stream (left by `--keep-drain-stream`, holding `--records`
+    /// records) instead of creating and filling one; it is not deleted. For
+    /// profiling, where the put would dominate the time.
+    #[arg(long)]
+    drain_stream: Option<String>,
+    /// Leave the drain stream behind and print its name, for `--drain-stream`.
+    #[arg(long)]
+    keep_drain_stream: bool,
 }
 
 /// One of the two measurements.
@@ -244,9 +252,18 @@ async fn run_parent(args: Args) -> Result<(), Error> {
 /// (interleaved), prints the medians, deletes the stream.
 async fn drain_part(client: &Client, args: &Args, repeat: usize) -> Result<(), Error> {
     let part_started = Instant::now();
-    let stream = TestStream::create(client, "scale-drain", args.drain_shards).await;
     let put_started = Instant::now();
-    let landed = put_spread(client, &stream, args.records, args.size).await;
+    let (stream, landed) = match &args.drain_stream {
+        Some(stream) => (stream.clone(), args.records as u64),
+        None => {
+            let stream = TestStream::create(client, "scale-drain", args.drain_shards).await;
+            let landed = put_spread(client, &stream, args.records, args.size).await;
+            let name = stream.name.clone();
+            // Deleted below (and waited for), or kept on request: not on drop.
+            std::mem::forget(stream);
+            (name, landed)
+        }
+    };
     let put_time = put_started.elapsed();
     let expect = landed.to_string();
     let interval = args.commit_interval_ms.map(|ms| ms.to_string());
@@ -274,7 +291,11 @@ async fn drain_part(client: &Client, args: &Args, repeat: usize) -> Result<(), E
             runs[i].push(child("esm-drain", &esm_args).await);
         }
     }
-    delete_stream(client, &stream).await;
+    if args.keep_drain_stream {
+        println!("scale: the drain stream {stream} was kept");
+    } else if args.drain_stream.is_none() {
+        delete_stream(client, &stream).await;
+    }
 
     println!(
         "scale: drain {} x {} B on {} shards (put in {:.1} s){}{}",
@@ -612,8 +633,8 @@ impl Mark {
 }
 
 /// The bare drain: one task per shard reads from TRIM_HORIZON with GetRecords (`Limit`
-/// 10,000), the next call as soon as one returns, until every shard is caught up or
-/// `expect` records were read.
+/// 10,000), the next call as soon as one returns while records come back and once a
+/// second when caught up, until `expect` records were read.
 async fn bare_drain(stream: &str, expect: u64) -> Figures {
     let client = bare_client().await;
     let tally = Arc::new(Tally::default());
@@ -656,8 +677,16 @@ async fn bare_drain(stream: &str, expect: u64) -> Figures {
                 }
                 let caught_up = records.is_empty() && out.millis_behind_latest() == Some(0);
                 match out.next_shard_iterator() {
-                    Some(next) if !caught_up => iterator = next.to_string(),
-                    _ => break,
+                    Some(next) => iterator = next.to_string(),
+                    None => break,
+                }
+                if caught_up {
+                    // A live consumer goes on watching a caught-up shard (the KCL's
+                    // default is once a second, as Lambda's and esm's).
+                    tokio::select! {
+                        _ = all_seen.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
                 }
             }
         });
