@@ -23,7 +23,7 @@ fn shards(n: usize, owner: Option<&str>) -> BTreeMap<String, LeaseState> {
 
 #[test]
 fn a_lone_instance_takes_every_free_lease_at_once() {
-    let now = Instant::now();
+    let now = crate::sim_clock::origin();
     let table = shards(8, None);
     let mut watch = LeaseWatch::default();
     watch.observe(table.iter().map(|(s, l)| (s.as_str(), l)), now);
@@ -35,7 +35,7 @@ fn a_lone_instance_takes_every_free_lease_at_once() {
 #[test]
 fn a_held_lease_expires_only_after_a_whole_duration_without_a_heartbeat() {
     let rules = LeaseRules::DEFAULT;
-    let start = Instant::now();
+    let start = crate::sim_clock::origin();
     let mut table = shards(1, Some("dead"));
     let mut watch = LeaseWatch::default();
     let observe = |watch: &mut LeaseWatch, table: &BTreeMap<String, LeaseState>, at| {
@@ -64,7 +64,7 @@ fn a_held_lease_expires_only_after_a_whole_duration_without_a_heartbeat() {
 
 #[test]
 fn an_instance_that_just_started_does_not_take_a_held_lease() {
-    let now = Instant::now();
+    let now = crate::sim_clock::origin();
     let table = shards(2, Some("b"));
     let mut watch = LeaseWatch::default();
     watch.observe(table.iter().map(|(s, l)| (s.as_str(), l)), now);
@@ -76,7 +76,7 @@ fn an_instance_that_just_started_does_not_take_a_held_lease() {
 
 #[test]
 fn steals_at_most_max_steal_per_round() {
-    let now = Instant::now();
+    let now = crate::sim_clock::origin();
     let table = shards(9, Some("b"));
     let mut watch = LeaseWatch::default();
     watch.observe(table.iter().map(|(s, l)| (s.as_str(), l)), now);
@@ -93,7 +93,7 @@ fn steals_at_most_max_steal_per_round() {
 
 #[test]
 fn a_split_of_3_3_2_is_stable() {
-    let now = Instant::now();
+    let now = crate::sim_clock::origin();
     let mut table = shards(8, None);
     for (i, lease) in table.values_mut().enumerate() {
         *lease = owned(Some(["a", "b", "c"][i % 3]));
@@ -111,7 +111,7 @@ fn a_split_of_3_3_2_is_stable() {
 
 #[test]
 fn one_short_of_an_exact_share_steals_one_only_when_two_short() {
-    let now = Instant::now();
+    let now = crate::sim_clock::origin();
     // 9 shards, 4 instances: share 3. 3/3/3/0 must move, or d would hold nothing.
     let mut table = shards(9, None);
     for (i, lease) in table.values_mut().enumerate() {
@@ -145,7 +145,7 @@ impl Fleet {
     fn new(table: BTreeMap<String, LeaseState>, instances: usize, rules: LeaseRules) -> Self {
         Self {
             rules,
-            now: Instant::now(),
+            now: crate::sim_clock::origin(),
             table,
             instances: (0..instances)
                 .map(|i| (format!("i{i}"), LeaseWatch::default()))
