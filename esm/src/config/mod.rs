@@ -91,7 +91,7 @@ const DYNAMODB_KEYS: &[&str] = &[
 const SERVER_KEYS: &[&str] = &["listen"];
 
 /// `[store] commit_interval_ms` when the file gives none.
-pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 
 /// The store path when `[store]` gives none.
 const DEFAULT_STORE_PATH: &str = "./esm-state";
@@ -129,7 +129,7 @@ pub enum StoreConfig {
     Local {
         /// The store's directory.
         path: PathBuf,
-        /// `commit_interval_ms` (an esm extension, 0..=1000, default 50): one durable
+        /// `commit_interval_ms` (an esm extension, 0..=1000, default 10): one durable
         /// commit serves every checkpoint saved within this interval.
         commit_interval: Duration,
     },

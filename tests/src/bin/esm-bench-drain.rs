@@ -29,6 +29,9 @@ struct Args {
     /// Payload size of each record.
     #[arg(long, default_value_t = 100)]
     size: usize,
+    /// esm's `[store] commit_interval_ms` (default: esm's default).
+    #[arg(long)]
+    commit_interval_ms: Option<u64>,
 }
 
 #[tokio::main]
@@ -45,6 +48,7 @@ async fn main() -> Result<(), Error> {
         r#"
         [store]
         path = "{}"
+        {}
         [[mapping]]
         name = "bench"
         event_source_arn = "{}"
@@ -53,6 +57,9 @@ async fn main() -> Result<(), Error> {
         batch_size = {}
         "#,
         state.path().display(),
+        args.commit_interval_ms
+            .map(|ms| format!("commit_interval_ms = {ms}"))
+            .unwrap_or_default(),
         stream_arn(&stream),
         args.batch_size
     ))?;
