@@ -253,14 +253,17 @@ async fn a_reader_error_never_puts_records_in_two_invocations_at_once() {
             ("RECORDER_ATTEMPTS", &attempts_text),
         ],
     );
-    // Once the second invocation has started, deny the next GetRecords call: it comes
-    // when that invocation ends and the third starts. Its answer is held until the
-    // third is running in the handler, so the reader stops while an invocation runs.
+    // Once the second invocation has started and the third batch's records are read,
+    // deny the next GetRecords call: it comes when that invocation ends and the third
+    // starts. Its answer is held until the third is running in the handler, so the
+    // reader stops while an invocation runs. (Armed before the third batch is read,
+    // the denial would hold the very call the third invocation waits for, until the
+    // SDK's attempt timeout dropped it unanswered.)
     wait_until(
         &mut esm,
         Duration::from_secs(60),
-        "the second invocation",
-        || read_attempts(&attempts).len() >= 2,
+        "the second invocation, with the third batch read",
+        || read_attempts(&attempts).len() >= 2 && proxy.records_served() >= 3 * BATCH as u64,
     );
     proxy.hold_denials();
     proxy.deny_get_records(DENIALS);

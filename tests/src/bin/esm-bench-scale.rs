@@ -151,30 +151,24 @@ enum Child {
         #[arg(long)]
         commit_interval_ms: Option<u64>,
     },
-    /// The bare reader polling every shard of `stream` once a second from LATEST.
-    BareIdle {
-        /// The stream.
-        #[arg(long)]
-        stream: String,
-        /// Polling before the window.
-        #[arg(long)]
-        warmup_seconds: u64,
-        /// The measured window.
-        #[arg(long)]
-        seconds: u64,
-    },
-    /// esm polling `stream` from LATEST with a no-op handler.
-    EsmIdle {
-        /// The stream.
-        #[arg(long)]
-        stream: String,
-        /// Polling before the window.
-        #[arg(long)]
-        warmup_seconds: u64,
-        /// The measured window.
-        #[arg(long)]
-        seconds: u64,
-    },
+    /// The bare reader polling every shard of the stream once a second from LATEST.
+    BareIdle(IdleArgs),
+    /// esm polling the stream from LATEST with a no-op handler.
+    EsmIdle(IdleArgs),
+}
+
+/// What an idle measurement is told.
+#[derive(clap::Args)]
+struct IdleArgs {
+    /// The stream.
+    #[arg(long)]
+    stream: String,
+    /// Polling before the window.
+    #[arg(long)]
+    warmup_seconds: u64,
+    /// The measured window.
+    #[arg(long)]
+    seconds: u64,
 }
 
 /// What a child measured over its span, as the JSON line it prints.
@@ -565,16 +559,10 @@ async fn run_child(child: Child) -> Result<Figures, Error> {
             batch_size,
             commit_interval_ms,
         } => esm_drain(&stream, expect, batch_size, commit_interval_ms).await,
-        Child::BareIdle {
-            stream,
-            warmup_seconds,
-            seconds,
-        } => Ok(bare_idle(&stream, warmup_seconds, seconds).await),
-        Child::EsmIdle {
-            stream,
-            warmup_seconds,
-            seconds,
-        } => esm_idle(&stream, warmup_seconds, seconds).await,
+        Child::BareIdle(idle) => {
+            Ok(bare_idle(&idle.stream, idle.warmup_seconds, idle.seconds).await)
+        }
+        Child::EsmIdle(idle) => esm_idle(&idle.stream, idle.warmup_seconds, idle.seconds).await,
     }
 }
 
